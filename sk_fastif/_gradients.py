@@ -1,17 +1,17 @@
 """The skorch/torch bridge: parameter selection, per-sample gradients and curvature products.
 
-Every loss goes through the net's own ``infer`` and ``get_loss`` (``training=False``) with the module
-in eval mode, so user overrides of either, and skorch's handling of ``NLLLoss`` on probabilities, are
-honoured. Gradients and curvature products are taken with :mod:`torch.func` with respect to a flat
-vector ``theta`` holding the selected parameters; the others are held fixed.
+Every loss goes through the net's own ``infer`` and ``get_loss`` (``training=False``) with the
+module in eval mode, so user overrides of either, and skorch's handling of ``NLLLoss`` on
+probabilities, are honoured. Gradients and curvature products are taken with :mod:`torch.func`
+with respect to a flat vector ``theta`` holding the selected parameters; the others are fixed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 import warnings
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -181,7 +181,9 @@ class NetBridge:
             (g,) = torch.autograd.grad(self._sample_loss(t, x, y), t)
         return g
 
-    def iter_gradients(self, X: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    def iter_gradients(
+        self, X: torch.Tensor, y: torch.Tensor
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(rows, G)`` with ``G`` the (len(rows), n_params) per-sample loss gradients."""
         with self._modes():
             for sl in self._chunks(len(X)):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from sklearn.datasets import load_digits, make_regression
+from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 
 torch.set_num_threads(2)
 

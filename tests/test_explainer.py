@@ -87,7 +87,8 @@ def test_score_is_zero_for_exact_and_negative_for_a_truncated_cg(digits, digits_
 def test_pipeline_with_scaler_equals_net_on_scaled_data(digits):
     Xtr, ytr, Xte, yte = digits
     torch.manual_seed(0)
-    net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=5, lr=0.1, train_split=None, verbose=0)
+    net = NeuralNetClassifier(
+        MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=5, lr=0.1, train_split=None, verbose=0)
     pipe = make_pipeline(StandardScaler(), net).fit(Xtr, ytr)
     sc = pipe[0]
     a = InfluenceExplainer(pipe, solver=Exact(damping=1e-2), curvature="gauss_newton")
@@ -134,7 +135,8 @@ def test_users_net_is_unchanged_by_every_method(digits, digits_mlp, train_mode):
 
 def test_unfitted_net_is_cloned_and_fitted(digits):
     Xtr, ytr, Xte, _ = digits
-    net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=3, lr=0.1, train_split=None, verbose=0)
+    net = NeuralNetClassifier(
+        MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=3, lr=0.1, train_split=None, verbose=0)
     expl = InfluenceExplainer(net, solver=Exact(damping=1e-1)).fit(Xtr, ytr)
     assert not getattr(net, "initialized_", False)  # the user's object stays unfitted
     assert expl.fitted_estimator_ is not net and expl.net_.initialized_

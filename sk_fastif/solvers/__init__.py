@@ -1,0 +1,31 @@
+"""Solvers of inverse-Hessian-vector products ``(H + damping * I)^{-1} g``.
+
+All solvers share one meaning of ``damping`` and solve a whole block of right-hand sides at once
+through a :class:`CurvatureOperator`.
+"""
+
+from ._base import (
+    BaseSolver,
+    CurvatureOperator,
+    CurvatureTooLargeError,
+    DivergenceError,
+    IndefiniteCurvatureWarning,
+    ScaleRestartWarning,
+    SolveResult,
+)
+from ._cg import CG
+from ._exact import Exact
+from ._lissa import LiSSA
+
+__all__ = [
+    "BaseSolver",
+    "CG",
+    "CurvatureOperator",
+    "CurvatureTooLargeError",
+    "DivergenceError",
+    "Exact",
+    "IndefiniteCurvatureWarning",
+    "LiSSA",
+    "ScaleRestartWarning",
+    "SolveResult",
+]

@@ -1,0 +1,433 @@
+"""LiSSA: stochastic Neumann-series estimation of inverse-Hessian-vector products."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from ._base import (
+    BaseSolver,
+    CurvatureOperator,
+    DivergenceError,
+    IndefiniteCurvatureWarning,
+    ScaleRestartWarning,
+    SolveResult,
+    _check_int,
+    _check_operator,
+    _check_real,
+    _check_rhs,
+)
+
+# Power iterations per top-eigenvalue estimate, minibatch Hessians probed, safety factor.
+_POWER_ITER = 30
+_N_PROBE_BATCHES = 4
+_SAFETY = 1.5
+# Restarts with a doubled scale allowed per solve when ``scale="auto"``.
+_MAX_RESTARTS = 3
+# ||h_t|| may not exceed _GROWTH * (t + 1) * ||g|| (a contraction keeps it below (t + 1) ||g||).
+_GROWTH = 10.0
+
+
+class _Diverged(Exception):
+    """Internal: a chain diverged (carries the details for the user-facing message)."""
+
+    def __init__(self, step: int, repeat: int, nonfinite: bool, n_hvp: int) -> None:
+        super().__init__(step, repeat, nonfinite, n_hvp)
+        self.step = step
+        self.repeat = repeat
+        self.nonfinite = nonfinite
+        self.n_hvp = n_hvp
+
+
+class LiSSA(BaseSolver):
+    """Linear-time Stochastic Second-order Algorithm (Agarwal et al., 2017) for iHVPs.
+
+    For every right-hand side ``g`` runs the recursion ``h_0 = g``,
+    ``h_t = g + h_{t-1} - (H_B h_{t-1} + damping * h_{t-1}) / scale`` where ``H_B`` is the
+    curvature of the mean loss over a fresh minibatch ``B`` of ``batch_size`` distinct training
+    rows drawn uniformly at each step, and returns ``h_depth / scale``. Its fixed point is
+    ``(H + damping I)^{-1} g`` when every eigenvalue of ``(H + damping I) / scale`` lies in
+    ``(0, 2)``. ``n_repeats`` independent chains are averaged. All columns of a block share the
+    minibatches and each step is one block call of ``op.batch_matvec``.
+
+    Parameters
+    ----------
+    damping : float, default=1e-3
+        The ``lambda >= 0`` of ``(H + lambda I)^{-1}``, the same meaning for every solver.
+    scale : "auto" or float, default="auto"
+        The ``scale`` of the recursion; must exceed half the largest eigenvalue of
+        ``H_B + damping I`` for every minibatch, while a larger value slows convergence (the error
+        along an eigenvalue ``w`` shrinks like ``(1 - (w + damping) / scale)^t``). ``"auto"``
+        estimates it in :meth:`prepare` (see Notes) and doubles it on divergence.
+    depth : int, default=1000
+        Number of recursion steps per chain.
+    batch_size : int, default=32
+        Training rows per minibatch; must not exceed ``op.n_samples``. When equal to it each
+        step uses the full curvature ``op.matvec`` and the recursion is deterministic.
+    n_repeats : int, default=1
+        Independent chains averaged.
+    tol : float or None, default=None
+        If set, a column stops (is frozen) once the relative change
+        ``||h_t - h_{t-1}|| / ||h_t||`` falls below ``tol``; a chain ends early once every column
+        is frozen. With small minibatches the change does not vanish, so this mostly helps with
+        large ``batch_size``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the power iteration of ``scale="auto"`` and the minibatches. Each :meth:`solve`
+        creates its generator afresh with :func:`sklearn.utils.check_random_state` (so an int
+        gives the same result on every call, while a ``RandomState`` instance advances) and draws
+        one integer seed per repeat before running the chains; chain ``r`` draws its minibatches
+        from ``np.random.default_rng(seed_r)``.
+
+    Attributes
+    ----------
+    scale_ : float
+        The scale in use: ``scale`` when numeric, else the estimate of :meth:`prepare`, doubled
+        for each restart.
+    top_eigenvalue_ : float or None
+        ``scale="auto"`` only: the Rayleigh quotient of the power iteration on the full ``H``
+        (approximately its largest-magnitude eigenvalue, with its sign).
+    restarts_ : list of dict
+        One entry ``{"repeat", "step", "scale"}`` per divergence that made ``scale="auto"``
+        restart since :meth:`prepare` (``scale`` is the one that diverged).
+    n_hvp_prepare_ : int
+        Curvature-vector products spent by :meth:`prepare`.
+
+    Raises
+    ------
+    DivergenceError
+        When a chain diverges: some ``h_t`` is non-finite or ``||h_t|| > 10 (t + 1) ||g||``
+        (impossible when every eigenvalue of ``(H_B + damping I) / scale`` lies in ``(0, 2)``,
+        since then ``||h_t|| <= (t + 1) ||g||``). With ``scale="auto"`` this comes only after
+        three restarts with doubled ``scale_``. Negative eigenvalues of ``H + damping I`` make
+        the recursion grow geometrically whatever the scale.
+
+    Warns
+    -----
+    ScaleRestartWarning
+        For each restart of ``scale="auto"``.
+    IndefiniteCurvatureWarning
+        From :meth:`prepare` when the power iteration finds an eigenvalue ``w`` of ``H`` with
+        ``w + damping < 0``.
+
+    Notes
+    -----
+    ``scale="auto"`` rule: power iteration (30 iterations from a seeded random start) estimates
+    the largest-magnitude eigenvalue of the full ``H`` and of 4 random minibatch curvatures
+    ``H_B`` (of ``batch_size`` rows; skipped when ``batch_size == n_samples``), each estimate
+    being the largest ``||H v||`` seen for unit ``v``; then
+    ``scale_ = 1.5 * (max of the estimates + damping)``, which keeps the sampled spectra of
+    ``(H_B + damping I) / scale`` inside ``(0, 2/3]`` and leaves margin for unsampled minibatches.
+
+    Divergence with ``scale="auto"`` doubles ``scale_`` (kept for later solves) and restarts all
+    chains of the current solve from scratch with the same seeds, at most three times.
+
+    The divergence test is deliberately lenient (a factor 10 over the contraction bound) so that
+    minibatches with some negative curvature, which make single steps mildly expansive while the
+    recursion still converges on average, do not stop a chain. The flip side: a scale too small
+    only for rare minibatches (e.g. ``batch_size=1`` with a few rows of much larger curvature) can
+    produce an inaccurate estimate without an error. Compare ``n_repeats`` chains, or the trace,
+    or pass a larger numeric ``scale`` when in doubt.
+
+    Because the minibatch sequence depends only on ``random_state`` and the repeat, and columns
+    are frozen individually, the estimate for one right-hand side does not depend on the other
+    columns of the block: solving a block in parts gives the same result as solving it whole (up
+    to floating-point rounding), as long as no restart is triggered.
+
+    The ``trace`` holds, per step, the largest relative change over the active columns, the
+    chains of the repeats concatenated (of the final run after restarts). ``n_hvp`` counts one
+    product per active column per step over all runs (and the products of :meth:`prepare` when
+    a solve had to prepare). ``converged`` is True when ``tol`` is None and the chains ran their
+    ``depth``, or when every chain stopped early by ``tol``. The recursion runs in ``op.dtype``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif.solvers import CurvatureOperator, LiSSA
+    >>> H = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+    ...                        n_params=2, n_samples=1, dtype=torch.float64)
+    >>> solver = LiSSA(damping=0.0, depth=200, batch_size=1, random_state=0).prepare(op)
+    >>> round(solver.scale_, 3)
+    3.311
+    >>> res = solver.solve(op, torch.eye(2, dtype=torch.float64))
+    >>> torch.allclose(res.solution, torch.linalg.inv(H))
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        damping: float = 1e-3,
+        scale: float | str = "auto",
+        depth: int = 1000,
+        batch_size: int = 32,
+        n_repeats: int = 1,
+        tol: float | None = None,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.damping = damping
+        self.scale = scale
+        self.depth = depth
+        self.batch_size = batch_size
+        self.n_repeats = n_repeats
+        self.tol = tol
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------------------------------
+
+    def _auto(self) -> bool:
+        return isinstance(self.scale, str) and self.scale == "auto"
+
+    def _prepare_key(self) -> tuple:
+        # The automatic scale depends on these; a numeric scale is re-read at every solve.
+        if self._auto():
+            return ("auto", self.damping, self.batch_size, self.random_state)
+        return ()
+
+    def _validate(self, op: CurvatureOperator) -> dict:
+        damping = _check_real("damping", self.damping, low=0.0, strict=False)
+        if not self._auto():
+            if isinstance(self.scale, str):
+                raise ValueError(
+                    f"`scale` must be 'auto' or a positive number, got {self.scale!r}."
+                )
+            _check_real("scale", self.scale, low=0.0, strict=True)
+        depth = _check_int("depth", self.depth, low=1)
+        batch_size = _check_int("batch_size", self.batch_size, low=1)
+        if batch_size > op.n_samples:
+            raise ValueError(
+                f"`batch_size`={batch_size} exceeds the number of training samples "
+                f"n_samples={op.n_samples}; use batch_size <= {op.n_samples}."
+            )
+        n_repeats = _check_int("n_repeats", self.n_repeats, low=1)
+        tol = None
+        if self.tol is not None:
+            if not isinstance(self.tol, numbers.Real):
+                raise ValueError(f"`tol` must be None or a positive number, got {self.tol!r}.")
+            tol = _check_real("tol", self.tol, low=0.0, strict=True)
+        return {
+            "damping": damping,
+            "depth": depth,
+            "batch_size": batch_size,
+            "n_repeats": n_repeats,
+            "tol": tol,
+        }
+
+    def prepare(self, op: CurvatureOperator) -> LiSSA:
+        """Validate the parameters and, for ``scale="auto"``, estimate ``scale_``.
+
+        Parameters
+        ----------
+        op : CurvatureOperator
+            The curvature of the mean training loss.
+
+        Returns
+        -------
+        self : LiSSA
+        """
+        _check_operator(op)
+        p = self._validate(op)
+        self.restarts_ = []
+        self.n_hvp_prepare_ = 0
+        self.top_eigenvalue_ = None
+        if not self._auto():
+            self.scale_ = float(self.scale)
+            self._mark_prepared(op)
+            return self
+
+        rng = check_random_state(self.random_state)
+        n_hvp = 0
+
+        def start() -> torch.Tensor:
+            v = rng.standard_normal(op.n_params)
+            return torch.as_tensor(v, dtype=op.dtype, device=op.device)
+
+        top, rq = _power_iteration(op.matvec, start())
+        n_hvp += _POWER_ITER
+        estimates = [top]
+        if p["batch_size"] < op.n_samples:
+            for _ in range(_N_PROBE_BATCHES):
+                idx = np.sort(rng.choice(op.n_samples, size=p["batch_size"], replace=False))
+                est, _ = _power_iteration(lambda V, idx=idx: op.batch_matvec(V, idx), start())
+                estimates.append(est)
+                n_hvp += _POWER_ITER
+        damping = p["damping"]
+        scale = _SAFETY * (max(estimates) + damping)
+        if not (np.isfinite(scale) and scale > 0):
+            raise DivergenceError(
+                f"Could not set scale='auto': the estimated largest eigenvalue of H plus "
+                f"damping is {scale / _SAFETY:.4g}. H appears to be zero; with damping="
+                f"{damping:g} H + damping*I is singular. Raise `damping`."
+            )
+        if rq + damping < 0:
+            warnings.warn(
+                f"H + damping*I is not positive definite: the power iteration found an "
+                f"eigenvalue of H near {rq:.4g} with damping={damping:g}. LiSSA will diverge; "
+                f'use damping > {-rq:.4g} or curvature="gauss_newton".',
+                IndefiniteCurvatureWarning,
+                stacklevel=2,
+            )
+        self.top_eigenvalue_ = rq
+        self.scale_ = float(scale)
+        self.n_hvp_prepare_ = n_hvp
+        self._mark_prepared(op)
+        return self
+
+    # ------------------------------------------------------------------------------------------
+
+    def solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
+        """Estimate ``(H + damping * I)^{-1} g`` for every row ``g`` of ``G``.
+
+        Parameters
+        ----------
+        op : CurvatureOperator
+            The operator; it is prepared first if it is not the one last prepared.
+        G : torch.Tensor of shape (m, n_params)
+            Right-hand sides, one per row.
+
+        Returns
+        -------
+        SolveResult
+        """
+        n_hvp = 0
+        if not self._is_prepared_for(op):
+            self.prepare(op)
+            n_hvp += self.n_hvp_prepare_
+        p = self._validate(op)
+        if not self._auto():
+            self.scale_ = float(self.scale)
+        G = _check_rhs(op, G).detach()
+
+        rng = check_random_state(self.random_state)
+        seeds = [int(s) for s in rng.randint(0, np.iinfo(np.int32).max, size=p["n_repeats"])]
+
+        n_restarts = 0
+        while True:
+            scale = self.scale_
+            total = torch.zeros_like(G)
+            trace: list[float] = []
+            converged = True
+            try:
+                for r, seed in enumerate(seeds):
+                    h, chain_trace, chain_hvp, chain_conv = self._chain(op, G, seed, r, scale, p)
+                    n_hvp += chain_hvp
+                    trace.extend(chain_trace)
+                    converged = converged and chain_conv
+                    total += h
+            except _Diverged as exc:
+                n_hvp += exc.n_hvp
+                if not self._auto() or n_restarts >= _MAX_RESTARTS:
+                    msg = self._divergence_message(exc, scale, p["damping"], n_restarts)
+                    raise DivergenceError(msg) from None
+                n_restarts += 1
+                self.restarts_.append({"repeat": exc.repeat, "step": exc.step, "scale": scale})
+                self.scale_ = 2.0 * scale
+                warnings.warn(
+                    f"LiSSA diverged at step {exc.step} with scale={scale:.4g}; restarting with "
+                    f"scale={self.scale_:.4g} (restart {n_restarts} of at most {_MAX_RESTARTS}).",
+                    ScaleRestartWarning,
+                    stacklevel=2,
+                )
+                continue
+            break
+        solution = total / (scale * len(seeds))
+        return SolveResult(solution=solution, trace=trace, n_hvp=n_hvp, converged=converged)
+
+    def _chain(
+        self, op: CurvatureOperator, G: torch.Tensor, seed: int, repeat: int, scale: float, p: dict
+    ) -> tuple[torch.Tensor, list[float], int, bool]:
+        """Run one chain; return ``(h_final, trace, n_hvp, stopped_by_tol)``."""
+        rng = np.random.default_rng(seed)
+        n, batch_size, damping, tol = op.n_samples, p["batch_size"], p["damping"], p["tol"]
+        full = batch_size == n
+        tiny = float(torch.finfo(G.dtype).tiny)
+        gnorm = torch.linalg.vector_norm(G, dim=1)
+        h = G.clone()
+        active = gnorm > 0  # a zero right-hand side stays exactly zero
+        idx_active = torch.nonzero(active).squeeze(1)
+        all_active = bool(active.all())
+        trace: list[float] = []
+        n_hvp = 0
+        for t in range(1, p["depth"] + 1):
+            if idx_active.numel() == 0:
+                break
+            if full:
+                rows = None
+            else:
+                rows = np.sort(rng.choice(n, size=batch_size, replace=False))
+            if all_active:
+                ha, ga, gn = h, G, gnorm
+            else:
+                ha, ga, gn = h[idx_active], G[idx_active], gnorm[idx_active]
+            hv = op.matvec(ha) if full else op.batch_matvec(ha, rows)
+            n_hvp += ha.shape[0]
+            new = ga + ha - (hv + damping * ha) / scale
+            new_norm = torch.linalg.vector_norm(new, dim=1)
+            if not bool(torch.isfinite(new_norm).all()):
+                raise _Diverged(t, repeat, True, n_hvp)
+            if bool((new_norm > _GROWTH * (t + 1) * gn + tiny).any()):
+                raise _Diverged(t, repeat, False, n_hvp)
+            change = torch.linalg.vector_norm(new - ha, dim=1) / new_norm.clamp_min(tiny)
+            trace.append(float(change.max()))
+            if all_active:
+                h = new
+            else:
+                h[idx_active] = new
+            if tol is not None:
+                done = change < tol
+                if bool(done.any()):
+                    active[idx_active[done]] = False
+                    idx_active = torch.nonzero(active).squeeze(1)
+                    all_active = False
+        stopped = tol is None or idx_active.numel() == 0
+        return h, trace, n_hvp, stopped
+
+    def _divergence_message(
+        self, exc: _Diverged, scale: float, damping: float, n_restarts: int
+    ) -> str:
+        what = "became non-finite" if exc.nonfinite else "grew past 10 * (t + 1) * ||g||"
+        msg = (
+            f"LiSSA diverged: at step {exc.step} of repeat {exc.repeat} the iterate {what} "
+            f"with scale={scale:.4g} and damping={damping:g}"
+        )
+        if n_restarts:
+            msg += f", after {n_restarts} restarts doubling the automatic scale"
+        msg += (
+            ". Raise `scale` (it must exceed half the largest eigenvalue of the minibatch "
+            "curvature plus damping; larger batch_size also helps), or raise `damping`, or use "
+            'curvature="gauss_newton" when H has negative eigenvalues'
+        )
+        if self.top_eigenvalue_ is not None and self.top_eigenvalue_ + damping < 0:
+            msg += f" (the power iteration found an eigenvalue near {self.top_eigenvalue_:.4g})"
+        return msg + "."
+
+
+def _power_iteration(
+    matvec: object, v: torch.Tensor, n_iter: int = _POWER_ITER
+) -> tuple[float, float]:
+    """Estimate the largest-magnitude eigenvalue of a symmetric operator.
+
+    Returns ``(max ||A v_k||, v^T A v)`` over unit iterates ``v_k``: the first is a lower bound
+    of ``max |w|`` that converges to it, the second carries its sign.
+    """
+    norm = torch.linalg.vector_norm(v)
+    if not bool(norm > 0):
+        v = torch.ones_like(v)
+        norm = torch.linalg.vector_norm(v)
+    v = v / norm
+    best, rq = 0.0, 0.0
+    for _ in range(n_iter):
+        w = matvec(v[None, :])[0]
+        w_norm = float(torch.linalg.vector_norm(w))
+        if not np.isfinite(w_norm):
+            raise DivergenceError("The curvature products are not finite (NaN or inf).")
+        rq = float((v * w).sum())
+        best = max(best, w_norm)
+        if w_norm == 0.0:
+            break
+        v = w / w_norm
+    return best, rq

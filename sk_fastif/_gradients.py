@@ -116,6 +116,7 @@ class NetBridge:
         self.fixed.update({"inner." + n: b.detach() for n, b in module.named_buffers()})
         self._wrapper = _LossModule(net)
         self.use_vmap = True
+        self.batch_loss_is_mean = False
 
     # ----------------------------------------------------------------------------- basic pieces
     @property
@@ -139,7 +140,30 @@ class NetBridge:
     def _sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._loss_of_output(self._output(theta, x), x, y)
 
+    def _batch_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The net's own loss on a whole batch (equal to the mean loss when reduction is mean)."""
+        out = functional_call(self._wrapper, self._as_dict(theta), (X,))
+        return self.net.get_loss(out, y, X=X, training=False).reshape(())
+
+    def _check_batch_loss_is_mean(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        """Use the (faster) batch loss when it equals the mean of per-sample losses here."""
+        self.batch_loss_is_mean = False
+        if len(X) < 2:
+            return
+        rows = slice(0, min(len(X), 16))
+        with self._modes(), torch.no_grad():
+            try:
+                whole = self._batch_loss(self.theta, X[rows], y[rows])
+                per_sample = self._mean_loss(self.theta, X[rows], y[rows])
+            except (RuntimeError, ValueError, TypeError):
+                return
+        self.batch_loss_is_mean = bool(
+            torch.allclose(whole, per_sample, rtol=1e-5, atol=1e-7 * float(per_sample.abs()))
+        )
+
     def _mean_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "batch_loss_is_mean", False):
+            return self._batch_loss(theta, X, y)
         if self.use_vmap:
             return vmap(self._sample_loss, in_dims=(None, 0, 0))(theta, X, y).mean()
         return torch.stack([self._sample_loss(theta, xi, yi) for xi, yi in zip(X, y)]).mean()
@@ -263,6 +287,7 @@ class NetBridge:
 
     def operator(self, X: torch.Tensor, y: torch.Tensor) -> CurvatureOperator:
         """The :class:`CurvatureOperator` of the mean training loss over (X, y)."""
+        self._check_batch_loss_is_mean(X, y)
 
         # partials of bound methods (not closures) keep a fitted explainer picklable
         return CurvatureOperator(

@@ -205,3 +205,16 @@ def test_to_frame_is_tidy(digits, exact_expl):
     assert row.train_index == ex.harmful_indices[1, 1]
     assert row.train_label == ytr[ex.harmful_indices[1, 1]]
     assert row.score == pytest.approx(ex.harmful_scores[1, 1])
+
+
+def test_sum_reduction_criterion_gives_per_sample_losses(digits, digits_mlp, exact_expl):
+    """The loss of one point is the same whatever the criterion's reduction: scores agree."""
+    Xtr, ytr, Xte, yte = digits
+    net = copy.deepcopy(digits_mlp)
+    net.set_params(criterion__reduction="sum")
+    net.initialize_criterion()
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2), curvature="gauss_newton")
+    expl.fit(Xtr, ytr)
+    assert not expl.bridge_.batch_loss_is_mean and exact_expl.bridge_.batch_loss_is_mean
+    np.testing.assert_allclose(expl.influences(Xte[:3], yte[:3]),
+                               exact_expl.influences(Xte[:3], yte[:3]), rtol=1e-4, atol=1e-10)

@@ -129,8 +129,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     >>> from sk_fastif.solvers import Exact
     >>> rng = np.random.RandomState(0)
     >>> X = rng.randn(60, 4).astype("float32"); y = (X[:, 0] > 0).astype("int64")
-    >>> net = NeuralNetClassifier(torch.nn.Linear(4, 2), max_epochs=5, lr=0.5,
-    ...                           train_split=None, verbose=0).fit(X, y)
+    >>> net = NeuralNetClassifier(torch.nn.Linear(4, 2), criterion=torch.nn.CrossEntropyLoss,
+    ...                           max_epochs=5, lr=0.5, train_split=None, verbose=0).fit(X, y)
     >>> expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
     >>> expl.influences(X[:3], y[:3]).shape
     (3, 60)

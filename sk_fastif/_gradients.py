@@ -157,6 +157,12 @@ class NetBridge:
                 per_sample = self._mean_loss(self.theta, X[rows], y[rows])
             except (RuntimeError, ValueError, TypeError):
                 return
+        if not bool(torch.isfinite(per_sample)):
+            raise ValueError(
+                "The net's loss is not finite on the training data (first rows). A common cause "
+                "is NeuralNetClassifier's default NLLLoss on a module that returns logits: use "
+                "criterion=torch.nn.CrossEntropyLoss or end the module with a softmax."
+            )
         self.batch_loss_is_mean = bool(
             torch.allclose(whole, per_sample, rtol=1e-5, atol=1e-7 * float(per_sample.abs()))
         )

@@ -218,3 +218,11 @@ def test_sum_reduction_criterion_gives_per_sample_losses(digits, digits_mlp, exa
     assert not expl.bridge_.batch_loss_is_mean and exact_expl.bridge_.batch_loss_is_mean
     np.testing.assert_allclose(expl.influences(Xte[:3], yte[:3]),
                                exact_expl.influences(Xte[:3], yte[:3]), rtol=1e-4, atol=1e-10)
+
+
+def test_non_finite_training_loss_is_reported(digits):
+    # NeuralNetClassifier's default NLLLoss expects probabilities: on logits its loss is NaN
+    Xtr, ytr, _, _ = digits
+    net = NeuralNetClassifier(MLP, train_split=None, verbose=0).initialize()
+    with pytest.raises(ValueError, match="CrossEntropyLoss"):
+        InfluenceExplainer(net, solver=Exact()).fit(Xtr, ytr)

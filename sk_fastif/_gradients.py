@@ -21,6 +21,9 @@ from .solvers._base import CurvatureOperator
 
 __all__ = ["NetBridge", "eval_mode", "select_parameters"]
 
+# what torch.func raises when it cannot batch an operation of the module
+_VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
+
 
 @contextlib.contextmanager
 def eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
@@ -171,8 +174,23 @@ class NetBridge:
         if getattr(self, "batch_loss_is_mean", False):
             return self._batch_loss(theta, X, y)
         if self.use_vmap:
-            return vmap(self._sample_loss, in_dims=(None, 0, 0))(theta, X, y).mean()
+            try:
+                return vmap(self._sample_loss, in_dims=(None, 0, 0))(theta, X, y).mean()
+            except _VMAP_ERRORS as exc:
+                self._disable_vmap(exc)
         return torch.stack([self._sample_loss(theta, xi, yi) for xi, yi in zip(X, y)]).mean()
+
+    def _disable_vmap(self, exc: BaseException) -> None:
+        """Switch to the per-sample loops for good, and say so once."""
+        if self.use_vmap:
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"torch.func.vmap cannot run this module ({type(exc).__name__}: {first_line}); "
+                "falling back to slower per-sample loops (same results).",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+        self.use_vmap = False
 
     def _chunks(self, n: int) -> Iterator[slice]:
         for start in range(0, n, self.batch_size):
@@ -194,15 +212,8 @@ class NetBridge:
         if self.use_vmap:
             try:
                 return vmap(fn, in_dims=(None, 0, 0))(self.theta, X, y)
-            except (RuntimeError, NotImplementedError, ValueError) as exc:
-                warnings.warn(
-                    "torch.func.vmap cannot run this module "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                    "falling back to a slower per-sample loop.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                self.use_vmap = False
+            except _VMAP_ERRORS as exc:
+                self._disable_vmap(exc)
         return torch.stack([fn(self.theta, xi, yi) for xi, yi in zip(X, y)])
 
     def _sample_grad_loop(self, theta, x, y):
@@ -241,8 +252,8 @@ class NetBridge:
             try:
                 _, pullback = vjp(lambda t: grad(self._mean_loss)(t, X, y), self.theta)
                 return vmap(pullback)(V)[0]
-            except (RuntimeError, NotImplementedError, ValueError):
-                self.use_vmap = False
+            except _VMAP_ERRORS as exc:
+                self._disable_vmap(exc)
         out = []
         with torch.enable_grad():
             t = self.theta.detach().requires_grad_(True)
@@ -254,6 +265,32 @@ class NetBridge:
 
     def _batch_ggn(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Products of the Gauss-Newton matrix J^T (d2 loss / d out2) J of the mean loss."""
+        if self.use_vmap:
+            try:
+                return self._batch_ggn_vmap(V, X, y)
+            except _VMAP_ERRORS as exc:
+                self._disable_vmap(exc)
+        return self._batch_ggn_loop(V, X, y)
+
+    def _batch_ggn_loop(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The same products, one sample and one vector at a time (fallback without vmap)."""
+        total = torch.zeros_like(V)
+        for xi, yi in zip(X, y):
+
+            def output(t, xi=xi):
+                return self._output(t, xi)
+
+            def loss_of(o, xi=xi, yi=yi):
+                return self._loss_of_output(o, xi, yi)
+
+            out, pullback = vjp(output, self.theta)
+            for r, v in enumerate(V):
+                _, jv = jvp(output, (self.theta,), (v,))
+                _, hjv = jvp(grad(loss_of), (out,), (jv,))
+                total[r] += pullback(hjv)[0]
+        return total / max(len(X), 1)
+
+    def _batch_ggn_vmap(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
         def outputs(t):
             out = vmap(self._output, in_dims=(None, 0))(t, X)

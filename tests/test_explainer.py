@@ -226,3 +226,30 @@ def test_non_finite_training_loss_is_reported(digits):
     net = NeuralNetClassifier(MLP, train_split=None, verbose=0).initialize()
     with pytest.raises(ValueError, match="CrossEntropyLoss"):
         InfluenceExplainer(net, solver=Exact()).fit(Xtr, ytr)
+
+
+class ItemMLP(MLP):
+    """The same MLP, but its forward calls ``.item()``, which ``torch.func.vmap`` cannot batch."""
+
+    def forward(self, X):
+        if float(X.abs().sum().item()) < 0:  # never true; forces the per-sample loop fallback
+            X = -X
+        return super().forward(X)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
+def test_loop_fallback_gives_the_vmap_results(digits, digits_mlp, curvature):
+    Xtr, ytr, Xte, yte = digits
+    Xtr, ytr = Xtr[:30], ytr[:30]
+    twin = copy.deepcopy(digits_mlp)
+    state = twin.module_.state_dict()
+    twin.module_ = ItemMLP()
+    twin.module_.load_state_dict(state)
+    kw = dict(solver=Exact(damping=0.1), curvature=curvature, params=["output"])
+    fast = InfluenceExplainer(digits_mlp, **kw).fit(Xtr, ytr)
+    with pytest.warns(RuntimeWarning, match="vmap"):
+        slow = InfluenceExplainer(twin, **kw).fit(Xtr, ytr)
+        got = slow.influences(Xte[:2], yte[:2])
+    assert not slow.bridge_.use_vmap
+    np.testing.assert_allclose(got, fast.influences(Xte[:2], yte[:2]), rtol=1e-4,
+                               atol=1e-6 * np.abs(got).max())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
 import warnings
 from numbers import Integral
 
@@ -24,6 +26,13 @@ try:  # scikit-learn >= 1.6
     from sklearn.frozen import FrozenEstimator
 except ImportError:  # pragma: no cover
     FrozenEstimator = None
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover
+
+    def _validate_data(estimator, X, **kwargs):
+        return estimator._validate_data(X, **kwargs)
 
 _CLASSIFICATION_LOSSES = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
 
@@ -61,6 +70,72 @@ def _is_fitted(estimator) -> bool:
         except NotFittedError:
             return False
     return True
+
+
+def _is_prefit(estimator) -> bool:
+    """Whether ``estimator`` is a fitted skorch net / pipeline (False for anything else)."""
+    try:
+        return _is_fitted(estimator)
+    except TypeError:
+        return False
+
+
+def _param_dtype(net) -> torch.dtype | None:
+    """Floating dtype of a skorch net's parameters (None if it has no floating parameter)."""
+    for p in net.module_.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def _bare_net_input(X, dtype: torch.dtype | None):
+    """``X`` as the explainer hands it to a bare skorch net: a validated array in ``dtype``.
+
+    The influence computations feed the net ``X`` as a tensor in its parameters' dtype; the
+    same conversion for ``fit``/``predict`` keeps both views of ``X`` identical (skorch itself
+    would pass a DataFrame's columns as keyword arguments and does not cast), and invalid input
+    (NaN, sparse, complex, 1-D, empty) is refused before the net is trained.
+    """
+    X = check_array(X, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
+                    allow_nd=True, input_name="X")
+    if dtype is not None:
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        if X.dtype != np_dtype:
+            X = X.astype(np_dtype)
+    if not X.flags.writeable:  # e.g. a pandas copy-on-write view: torch wants writable arrays
+        X = X.copy()
+    return X
+
+
+def _numeric_target(y) -> np.ndarray:
+    """``y`` as an array: pandas converted, an object array made numeric if it can be."""
+    y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") and hasattr(y, "index") else y)
+    if y.dtype == object:
+        try:
+            y = y.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "Unknown label type: y must hold numbers (class indices for a classifier)."
+            ) from None
+    return y
+
+
+def _bare_net_target(net, y, dtype: torch.dtype | None):
+    """``y`` as the explainer hands it to a bare skorch net, the way :meth:`_check_y` reads it.
+
+    Pandas becomes arrays and object arrays numeric; a classifier's labels become int64 class
+    indices (integral floats accepted) and other floating targets take ``dtype``.
+    """
+    y = _numeric_target(y)
+    classifier = not isinstance(net, NeuralNetBinaryClassifier) and (
+        isinstance(net, NeuralNetClassifier)
+        or isinstance(getattr(net, "criterion_", None), _CLASSIFICATION_LOSSES)
+    )
+    if classifier and y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        return y.astype(np.int64)
+    if dtype is not None and y.dtype.kind == "f":
+        return y.astype(torch.empty((), dtype=dtype).numpy().dtype, copy=False)
+    return y
 
 
 class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
@@ -118,6 +193,9 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         Number of training points ``n``.
     n_features_in_ : int
         Number of features of ``X`` seen in :meth:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of ``X`` seen in :meth:`fit`, when it was a DataFrame with string column
+        names; later calls warn or raise when their names differ, as in scikit-learn.
     last_solve_ : SolveResult or None
         Trace of the most recent block solve (for convergence checks).
 
@@ -184,8 +262,13 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """
         self._validate_params()
         if y is None:
-            raise ValueError("y is required: influence needs the training labels.")
+            raise ValueError(
+                "InfluenceExplainer requires y to be passed, but the target y is None: influence "
+                "needs the training labels."
+            )
         _split_estimator(self.estimator)  # raises TypeError for non-skorch estimators
+        if not isinstance(y, torch.Tensor):
+            y = _numeric_target(y)
         if _is_fitted(self.estimator):
             fitted = self.estimator
         else:
@@ -194,13 +277,17 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
                     "The FrozenEstimator wraps an unfitted net: fit the net before freezing it."
                 )
             fitted = clone(self.estimator)
-            fitted.fit(X, y)
+            if isinstance(fitted, NeuralNet):
+                # initialize + partial_fit is skorch's fit; initializing first tells the dtype
+                fitted.initialize()
+                dtype = _param_dtype(fitted)
+                fitted.partial_fit(_bare_net_input(X, dtype), _bare_net_target(fitted, y, dtype))
+            else:
+                fitted.fit(X, y)
         self.fitted_estimator_ = fitted
         self._pre, self.net_ = _split_estimator(fitted)
-        if hasattr(X, "shape") and len(getattr(X, "shape", ())) == 2:
-            self.n_features_in_ = int(X.shape[1])
-        if hasattr(X, "columns"):
-            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        # n_features_in_ and, for a DataFrame with string column names, feature_names_in_
+        _validate_data(self, X, reset=True, skip_check_array=True)
 
         self.bridge_ = NetBridge(self.net_, self.params, self.curvature, self.batch_size)
         Xt = self._transform(X, reset=True)
@@ -234,6 +321,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """Apply the pipeline's preprocessing and return the net's input as a tensor."""
         if X is None:
             raise ValueError("X is required.")
+        if not reset:
+            self._check_input_features(X)
         if not reset and getattr(self, "n_features_in_", None) is not None:
             shape = getattr(X, "shape", None)
             if shape is None:
@@ -252,7 +341,22 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             Xt = Xt.detach().cpu().numpy()
         Xt = check_array(Xt, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
                          input_name="X")
+        if not Xt.flags.writeable:  # e.g. a pandas copy-on-write view: torch wants writable
+            Xt = Xt.copy()
         return torch.as_tensor(Xt, dtype=self.bridge_.dtype, device=self.bridge_.device)
+
+    def _check_input_features(self, X) -> None:
+        """Check ``X``'s number of features and column names against those seen in ``fit``."""
+        _validate_data(self, X, reset=False, skip_check_array=True)
+
+    def _net_input(self, X):
+        """``X`` for the explained estimator's own ``predict``/``predict_proba``."""
+        if self._pre is None:
+            Xa = _bare_net_input(X, self.bridge_.dtype)
+            self._check_input_features(X)
+            return Xa
+        self._check_input_features(X)
+        return X
 
     def _n_outputs(self, Xt: torch.Tensor) -> int:
         with eval_mode(self.net_.module_), torch.no_grad():
@@ -501,12 +605,14 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     def predict(self, X):
         """Predictions of the explained estimator."""
         self._check_fitted()
+        X = self._net_input(X)
         with eval_mode(self.net_.module_):
             return self.fitted_estimator_.predict(X)
 
     def predict_proba(self, X):
         """Class probabilities of the explained estimator."""
         self._check_fitted()
+        X = self._net_input(X)
         with eval_mode(self.net_.module_):
             return self.fitted_estimator_.predict_proba(X)
 
@@ -520,4 +626,99 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = True
         return tags
+
+    # ===================================================== scikit-learn cloning, params, pickling
+    def __sklearn_clone__(self):
+        """Clone every parameter except a fitted ``estimator``, which is kept by reference.
+
+        :func:`sklearn.base.clone` would return an unfitted copy of a fitted skorch net, so a
+        grid search over the explainer would retrain it (or fail). The explainer never modifies
+        a fitted estimator, so sharing it between clones is safe. An unfitted estimator is
+        cloned as usual (and :meth:`fit` trains a clone of it).
+        """
+        if not _is_prefit(self.estimator):
+            return super().__sklearn_clone__()
+        params = self.get_params(deep=False)
+        new = type(self)(
+            **{k: v if k == "estimator" else clone(v, safe=False) for k, v in params.items()}
+        )
+        for attr in ("_metadata_request", "_sklearn_output_config"):  # as sklearn's clone
+            if attr in self.__dict__:
+                setattr(new, attr, copy.deepcopy(self.__dict__[attr]))
+        return new
+
+    def set_params(self, **params):
+        """Set the parameters of this explainer, including nested ones (``solver__depth``).
+
+        Unknown names raise a ``ValueError`` that suggests the closest valid name. Nested
+        parameters of a *fitted* ``estimator`` cannot be set: it is used as is and never
+        retrained, so they would have no effect on the explanations (set them on an unfitted
+        net, which :meth:`fit` then trains).
+
+        Parameters
+        ----------
+        **params : dict
+            Explainer parameters, ``<component>__<parameter>`` for nested ones.
+
+        Returns
+        -------
+        self : InfluenceExplainer
+        """
+        if params:
+            self._check_param_names(params)
+        return super().set_params(**params)
+
+    def _check_param_names(self, params: dict) -> None:
+        own = self.get_params(deep=False)
+        valid: dict[str, list[str]] = {}
+        for name, current in own.items():
+            value = params.get(name, current)
+            valid[name] = []
+            if hasattr(value, "get_params") and not isinstance(value, type):
+                valid[name] = sorted(value.get_params(deep=True))
+        names = set(own) | {f"{n}__{sub}" for n, subs in valid.items() for sub in subs}
+        for key in params:
+            head, delim, sub = key.partition("__")
+            if delim and head == "estimator" and "estimator" not in params:
+                if _is_prefit(own["estimator"]):
+                    raise ValueError(
+                        f"Cannot set {key!r}: the explainer's estimator is fitted and is used as "
+                        "is, never retrained, so its parameters have no effect on the "
+                        "explanations. Pass an unfitted net to tune it (fit then trains a "
+                        "clone), or set the parameter on the net itself."
+                    )
+            if key in names:
+                continue
+            if delim and head in own and params.get(head, own[head]) is None:
+                hint = " (None means LiSSA())" if head == "solver" else ""
+                raise ValueError(
+                    f"Invalid parameter {key!r}: {head} is None{hint}, so it has no parameter "
+                    f"{sub!r}. Set {head} to an estimator first, e.g. "
+                    f"set_params({head}=..., {key}=...)."
+                )
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            if delim and head in own:
+                listing = f"Valid parameters of {head} are: {valid[head]!r}."
+            else:
+                listing = f"Valid parameters are: {sorted(own)!r}."
+            raise ValueError(
+                f"Invalid parameter {key!r} for estimator {type(self).__name__}.{hint} {listing}"
+            )
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        solver, op = state.get("solver_"), state.get("_op")
+        if solver is not None and op is not None and solver._is_prepared_for(op):
+            # The solver drops its operator when pickled; remember that it was prepared for
+            # ours so that its factorisation / automatic scale is reused after loading, and
+            # explanations stay identical without refitting.
+            state = dict(state, _solver_was_prepared=True)
+        return state
+
+    def __setstate__(self, state):
+        prepared = state.pop("_solver_was_prepared", False)
+        super().__setstate__(state)
+        if prepared:
+            self.solver_._mark_prepared(self._op)
 

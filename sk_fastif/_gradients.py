@@ -121,6 +121,16 @@ class NetBridge:
         self.use_vmap = True
         self.batch_loss_is_mean = False
 
+    def __getstate__(self) -> dict:
+        # skorch unpickles a net's module as a new object: rebuild the wrapper around it then
+        state = self.__dict__.copy()
+        state.pop("_wrapper", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._wrapper = _LossModule(self.net)
+
     # ----------------------------------------------------------------------------- basic pieces
     @property
     def n_params(self) -> int:

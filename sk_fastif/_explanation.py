@@ -57,15 +57,34 @@ class Explanation:
     def __len__(self) -> int:
         return int(self.helpful_indices.shape[0])
 
-    def to_frame(self):
+    def to_frame(self, X=None):
         """Return a tidy :class:`pandas.DataFrame`, one row per test point × kind × rank.
 
         Columns: ``test_index``, ``kind`` (``"helpful"`` or ``"harmful"``), ``rank`` (1 = most),
         ``train_index``, ``score`` and, when known, ``train_label`` and ``test_label``.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_train, n_features) or (n_train,), default=None
+            The training inputs (as passed to ``fit``), to show each listed training point's
+            features next to its score: a DataFrame's columns keep their names, a 2-D array's
+            columns are named ``x0, x1, ...``, and a 1-D sequence (e.g. texts) becomes one
+            column ``train_x``.
+
         Returns
         -------
         frame : pandas.DataFrame
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sk_fastif import Explanation
+        >>> ex = Explanation(helpful_indices=np.array([[2]]), helpful_scores=np.array([[0.5]]),
+        ...                  harmful_indices=np.array([[0]]), harmful_scores=np.array([[-0.1]]))
+        >>> ex.to_frame(X=np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]]))
+           test_index     kind  rank  train_index  score   x0    x1
+        0           0  harmful     1            0   -0.1  1.0  10.0
+        1           0  helpful     1            2    0.5  3.0  30.0
         """
         import pandas as pd
 
@@ -88,6 +107,49 @@ class Explanation:
                 part["test_label"] = np.repeat(np.asarray(self.test_labels), k)
             parts.append(pd.DataFrame(part))
         frame = pd.concat(parts, ignore_index=True)
-        return frame.sort_values(["test_index", "kind", "rank"], kind="stable").reset_index(
+        frame = frame.sort_values(["test_index", "kind", "rank"], kind="stable").reset_index(
             drop=True
         )
+        if X is None:
+            return frame
+        return pd.concat([frame, self._train_rows(X, frame["train_index"].to_numpy())], axis=1)
+
+    def _train_rows(self, X, rows: np.ndarray):
+        """The rows ``rows`` of the training inputs ``X`` as a DataFrame indexed 0..len(rows)."""
+        import pandas as pd
+
+        n = len(X)
+        if self.train_labels is not None and n != len(self.train_labels):
+            raise ValueError(
+                f"X has {n} rows but the explanation's training set has "
+                f"{len(self.train_labels)}: pass the training inputs the explainer was fitted on."
+            )
+        if rows.size and rows.max() >= n:
+            raise ValueError(
+                f"X has {n} rows but the explanation lists training index {int(rows.max())}: "
+                "pass the training inputs the explainer was fitted on."
+            )
+        if isinstance(X, pd.DataFrame):
+            out = X.iloc[rows].reset_index(drop=True)
+            out.columns = [str(c) for c in out.columns]
+        elif isinstance(X, pd.Series):
+            out = pd.DataFrame({"train_x": X.iloc[rows].to_numpy()})
+        else:
+            try:
+                arr = np.asarray(X)
+            except ValueError:  # a ragged sequence (e.g. token lists): one object per row
+                arr = np.empty(n, dtype=object)
+                arr[:] = list(X)
+            if arr.ndim == 1:
+                out = pd.DataFrame({"train_x": arr[rows]})
+            elif arr.ndim == 2:
+                out = pd.DataFrame(arr[rows], columns=[f"x{j}" for j in range(arr.shape[1])])
+            else:
+                raise ValueError(f"X must be 1-D or 2-D; got shape {arr.shape}.")
+        clash = sorted(set(out.columns) & {"test_index", "kind", "rank", "train_index", "score",
+                                           "train_label", "test_label"})
+        if clash:
+            raise ValueError(
+                f"X has columns named like the explanation's own columns: {clash}; rename them."
+            )
+        return out

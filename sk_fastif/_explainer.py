@@ -158,8 +158,9 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         A ``NeuralNetClassifier``, ``NeuralNetBinaryClassifier``, ``NeuralNetRegressor`` (or a
         ``NeuralNet`` with a suitable criterion), a ``Pipeline`` whose last step is such a net (the
         earlier steps transform ``X`` before the net sees it), or a ``FrozenEstimator`` of either.
-        A fitted estimator is used as is and never modified; an unfitted one is cloned and fitted
-        by :meth:`fit`.
+        A fitted estimator is used as is and never modified, and clones of the explainer (as
+        :class:`~sklearn.model_selection.GridSearchCV` makes) share it rather than retrain it; an
+        unfitted one is cloned and fitted by :meth:`fit`.
     solver : Exact, CG, LiSSA or None, default=None
         The inverse-Hessian-vector-product solver; ``None`` means ``LiSSA()``. Its ``damping`` is
         ``λ`` above.
@@ -588,6 +589,13 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         score : float
+
+        Raises
+        ------
+        DivergenceError
+            When the solver diverges (e.g. a LiSSA ``scale`` that is too small). In a grid search,
+            ``error_score=np.nan`` (the default) then ranks the setting last, with a warning
+            carrying the message; ``error_score="raise"`` stops the search.
         """
         Xt, yt = self._data(X, y)
         G = self.bridge_.gradients(Xt, yt)

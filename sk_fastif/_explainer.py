@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import warnings
@@ -121,7 +122,7 @@ def _numeric_target(y) -> np.ndarray:
 
 
 def _bare_net_target(net, y, dtype: torch.dtype | None):
-    """``y`` as the explainer hands it to a bare skorch net, the way :meth:`_check_y` reads it.
+    """``y`` as the explainer hands it to a bare skorch net when training a clone of it.
 
     Pandas becomes arrays and object arrays numeric; a classifier's labels become int64 class
     indices (integral floats accepted) and other floating targets take ``dtype``.
@@ -174,7 +175,9 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
     random_state : int, RandomState instance or None, default=None
-        Seeds a stochastic solver whose own ``random_state`` is None.
+        Seeds a stochastic solver whose own ``random_state`` is None, and, when ``fit`` trains
+        a clone of an unfitted estimator, torch's random number generator for that training
+        (within :func:`torch.random.fork_rng`, so the global generator is left as it was).
     verbose : int, default=0
         ``> 0`` shows progress bars for passes over the training set.
 
@@ -278,13 +281,20 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
                     "The FrozenEstimator wraps an unfitted net: fit the net before freezing it."
                 )
             fitted = clone(self.estimator)
-            if isinstance(fitted, NeuralNet):
-                # initialize + partial_fit is skorch's fit; initializing first tells the dtype
-                fitted.initialize()
-                dtype = _param_dtype(fitted)
-                fitted.partial_fit(_bare_net_input(X, dtype), _bare_net_target(fitted, y, dtype))
-            else:
-                fitted.fit(X, y)
+            with contextlib.ExitStack() as stack:
+                if self.random_state is not None:
+                    # seed torch for this training only (initialisation, shuffling, dropout)
+                    stack.enter_context(torch.random.fork_rng())
+                    rng = check_random_state(self.random_state)
+                    torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+                if isinstance(fitted, NeuralNet):
+                    # initialize + partial_fit is skorch's fit; initializing first gives the dtype
+                    fitted.initialize()
+                    dtype = _param_dtype(fitted)
+                    fitted.partial_fit(_bare_net_input(X, dtype),
+                                       _bare_net_target(fitted, y, dtype))
+                else:
+                    fitted.fit(X, y)
         self.fitted_estimator_ = fitted
         self._pre, self.net_ = _split_estimator(fitted)
         # n_features_in_ and, for a DataFrame with string column names, feature_names_in_

@@ -304,9 +304,10 @@ def test_scorer_needs_a_fitted_explainer(problem):
 # ---------------------------------------------------------------------------- pipelines
 def test_explainer_as_last_step_trains_the_net_and_delegates(digits):
     Xtr, ytr, Xte, yte = digits
+    Xtr, ytr = Xtr[:150], ytr[:150]
     Xtr64, Xte64 = Xtr.astype(np.float64), Xte.astype(np.float64)  # a float32 net, float64 data
-    net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=4, lr=0.1,
-                              train_split=None, verbose=0)
+    net = NeuralNetClassifier(MLP, module__n_hidden=8, criterion=torch.nn.CrossEntropyLoss,
+                              max_epochs=3, lr=0.1, train_split=None, verbose=0)
     pipe = make_pipeline(StandardScaler(),
                          InfluenceExplainer(net, solver=Exact(damping=0.1), params=["output"]))
     torch.manual_seed(0)
@@ -431,3 +432,19 @@ def test_tune_lissa_example_runs_and_picks_a_deep_setting(monkeypatch):
         assert len(ns["fig"].axes[0].lines) == 4
     finally:
         plt.close("all")
+
+
+def test_random_state_seeds_the_training_of_an_unfitted_net(digits):
+    Xtr, ytr, _, _ = digits
+    net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=2, lr=0.1,
+                              batch_size=32, train_split=None, verbose=0)
+
+    def weights(random_state):
+        expl = InfluenceExplainer(net, solver=CG(damping=0.1), params=["output"],
+                                  random_state=random_state).fit(Xtr[:100], ytr[:100])
+        return torch.cat([p.detach().ravel() for p in expl.net_.module_.parameters()])
+
+    state = torch.get_rng_state()
+    a, b, c = weights(0), weights(0), weights(1)
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
+    assert torch.equal(a, b) and not torch.equal(a, c)

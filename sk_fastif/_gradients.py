@@ -118,6 +118,17 @@ class NetBridge:
         self.use_vmap = True
         self.batch_loss_is_mean = False
 
+    def __getstate__(self) -> dict:
+        # skorch pickles ``net.module_`` on its own, so an unpickled wrapper would hold a copy
+        # of the module that ``net.infer`` no longer runs: rebuild it from the unpickled net.
+        state = self.__dict__.copy()
+        state.pop("_wrapper", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._wrapper = _LossModule(self.net)
+
     # ----------------------------------------------------------------------------- basic pieces
     @property
     def n_params(self) -> int:

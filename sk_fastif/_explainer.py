@@ -9,6 +9,7 @@ import warnings
 from numbers import Integral
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 from sklearn.exceptions import NotFittedError
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ._explanation import Explanation
 from ._gradients import NetBridge, eval_mode
+from .neighbors import BaseCandidates
 from .solvers._base import BaseSolver
 
 try:  # scikit-learn >= 1.6
@@ -165,6 +167,14 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     solver : Exact, CG, LiSSA or None, default=None
         The inverse-Hessian-vector-product solver; ``None`` means ``LiSSA()``. Its ``damping`` is
         ``λ`` above.
+    candidates : NNDescentCandidates, ExactCandidates or None, default=None
+        ``None`` scores every training point. A selector from :mod:`sk_fastif.neighbors` scores
+        only each test point's ``n_neighbors`` nearest training points in the net's feature
+        space (FastIF's pruning): :meth:`fit` builds the index, and :meth:`explain` and
+        :meth:`influences` compute training gradients for the candidates only (once per distinct
+        candidate of a call, however many test points share it). :meth:`influences` then returns a
+        sparse matrix. The curvature and its solver still use the whole training set. Check the
+        shortlist with :meth:`audit_candidates`.
     params : list of str or None, default=None
         Parameters to differentiate: ``None`` for all trainable parameters, otherwise module names
         or parameter-name prefixes (e.g. ``["output"]`` for the last layer only, as FastIF does).
@@ -175,9 +185,10 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
     random_state : int, RandomState instance or None, default=None
-        Seeds a stochastic solver whose own ``random_state`` is None, and, when ``fit`` trains
-        a clone of an unfitted estimator, torch's random number generator for that training
-        (within :func:`torch.random.fork_rng`, so the global generator is left as it was).
+        Seeds a stochastic solver, and a candidate selector, whose own ``random_state`` is
+        None, and, when ``fit`` trains a clone of an unfitted estimator, torch's random number
+        generator for that training (within :func:`torch.random.fork_rng`, so the global
+        generator is left as it was).
     verbose : int, default=0
         ``> 0`` shows progress bars for passes over the training set.
 
@@ -189,6 +200,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         The net inside it.
     solver_ : BaseSolver
         The prepared clone of ``solver``.
+    candidates_ : BaseCandidates or None
+        The fitted clone of ``candidates`` (holding the neighbour index), or None.
     n_params_ : int
         Number of parameters differentiated.
     param_names_ : list of str
@@ -223,6 +236,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "estimator": "no_validation",
         "solver": [BaseSolver, None],
+        "candidates": [BaseCandidates, None],
         "params": [list, tuple, str, None],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -235,6 +249,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         estimator,
         *,
         solver=None,
+        candidates=None,
         params=None,
         curvature="hessian",
         batch_size=256,
@@ -243,6 +258,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     ):
         self.estimator = estimator
         self.solver = solver
+        self.candidates = candidates
         self.params = params
         self.curvature = curvature
         self.batch_size = batch_size
@@ -322,6 +338,15 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         self._op = self.bridge_.operator(Xt, yt)
         self.solver_.prepare(self._op)
         self.last_solve_ = None
+
+        self.candidates_ = None
+        if self.candidates is not None:
+            selector = clone(self.candidates)
+            if "random_state" in selector.get_params() and selector.random_state is None:
+                if self.random_state is not None:
+                    seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+                    selector.set_params(random_state=int(seed))
+            self.candidates_ = selector.fit(self.net_, Xt)
         return self
 
     # ============================================================================= validation
@@ -491,8 +516,80 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         G = self.bridge_.gradients(Xt, yt)
         return self._solve(G).cpu().numpy()
 
-    def influences(self, X, y=None) -> np.ndarray:
-        """Influence of every training point on each test point.
+    def _check_query(self, query: str) -> None:
+        if query not in ("each", "mean"):
+            raise ValueError(f"query must be 'each' or 'mean'; got {query!r}.")
+
+    def _query_factors(self, Xt: torch.Tensor, yt: torch.Tensor, query: str) -> torch.Tensor:
+        """iHVPs of the test gradients: one row per point, or one for the group's mean loss."""
+        G = self.bridge_.gradients(Xt, yt)
+        if query == "mean":
+            G = G.mean(dim=0, keepdim=True)
+        self._warn_zero_gradients(G)
+        return self._solve(G)
+
+    def _dense_scores(self, S: torch.Tensor) -> np.ndarray:
+        """Scores of every training point: one pass over the training gradients."""
+        out = np.empty((len(S), self.n_train_), dtype=np.float64)
+        for sl, Gtr in self._train_gradients():
+            out[:, sl] = (S @ Gtr.T).cpu().numpy()
+        out /= self.n_train_
+        return out
+
+    def _candidate_scores(self, S: torch.Tensor, C: np.ndarray) -> np.ndarray:
+        """Scores ``(1/n) S[i] · g(C[i, j])`` of each row's candidates, shape ``C.shape``.
+
+        Training gradients are computed once for each distinct candidate of the whole call (the
+        union of the rows of ``C``), streamed in chunks of ``batch_size``. Each chunk is reduced
+        against the factors of the test points that list its rows: by one matrix product when
+        those test points share most of the chunk, otherwise pair by pair.
+        """
+        m, kc = C.shape
+        U, inv = np.unique(C.ravel(), return_inverse=True)
+        order = np.argsort(inv, kind="stable")  # (test, candidate) pairs grouped by row of U
+        pair_u = inv[order]
+        pair_row = order // kc
+        values = np.empty(m * kc, dtype=np.float64)
+        device = S.device
+        rows_u = torch.as_tensor(U, dtype=torch.long, device=self._X_train.device)
+        it = self.bridge_.iter_gradients(self._X_train[rows_u], self._y_train[rows_u])
+        if self.verbose:
+            n_chunks = -(-len(U) // self.batch_size)
+            it = tqdm(it, total=n_chunks, desc="candidate gradients", leave=False)
+        for sl, G in it:
+            lo, hi = np.searchsorted(pair_u, [sl.start, sl.stop])
+            pos, rows, local = order[lo:hi], pair_row[lo:hi], pair_u[lo:hi] - sl.start
+            involved = np.unique(rows)
+            if len(involved) * (sl.stop - sl.start) <= 4 * (hi - lo):
+                block = S[torch.as_tensor(involved, device=device)] @ G.T
+                r = torch.as_tensor(np.searchsorted(involved, rows), device=device)
+                c = torch.as_tensor(local, device=device)
+                values[pos] = block[r, c].cpu().numpy()
+            else:
+                for a in range(0, hi - lo, self.batch_size):
+                    b = slice(a, a + self.batch_size)
+                    r = torch.as_tensor(rows[b], device=device)
+                    c = torch.as_tensor(local[b], device=device)
+                    values[pos[b]] = (S[r] * G[c]).sum(dim=1).cpu().numpy()
+        return values.reshape(m, kc) / self.n_train_
+
+    def _shortlists(self, Xt: torch.Tensor, query: str) -> np.ndarray:
+        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query)
+        return indices
+
+    def _influences(self, Xt: torch.Tensor, yt: torch.Tensor, query: str):
+        S = self._query_factors(Xt, yt, query)
+        if self.candidates_ is None:
+            return self._dense_scores(S)
+        C = np.sort(self._shortlists(Xt, query), axis=1)
+        values = self._candidate_scores(S, C)
+        m, kc = C.shape
+        return sp.csr_matrix(
+            (values.ravel(), C.ravel(), np.arange(0, m * kc + 1, kc)), shape=(m, self.n_train_)
+        )
+
+    def influences(self, X, y=None, *, query: str = "each"):
+        """Influence of the training points on each test point.
 
         ``out[i, j] = (1/n) g(x_i)ᵀ (H + λI)⁻¹ g(z_j)``: the estimated rise of the loss on test
         point ``i`` if training point ``j`` were left out. Positive = helpful, negative = harmful;
@@ -503,22 +600,26 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         X : array-like of shape (n_test, n_features)
         y : array-like of shape (n_test,) or None
             Targets; ``None`` explains the predicted label.
+        query : {"each", "mean"}, default="each"
+            ``"each"``: one row per test point. ``"mean"``: the test points form one group and
+            the result has one row, the influence on the group's **mean** loss (equal to the
+            mean of the ``"each"`` rows over the same training points); with ``candidates`` its
+            shortlist comes from one neighbour query at the group's mean embedding (FastIF's
+            mean-of-anchors query).
 
         Returns
         -------
-        scores : ndarray of shape (n_test, n_train_)
+        scores : ndarray of shape (n_rows, n_train_), or scipy.sparse.csr_matrix
+            ``n_rows`` is ``n_test`` (or 1 for ``query="mean"``). Without ``candidates``, a dense
+            array of all scores. With ``candidates``, a CSR matrix that stores exactly each
+            row's ``n_neighbors`` candidates (``.indices``, sorted, explicit zeros kept); the
+            other entries were **not scored**, which is not the same as a zero influence.
         """
+        self._check_query(query)
         Xt, yt = self._data(X, y)
-        G = self.bridge_.gradients(Xt, yt)
-        self._warn_zero_gradients(G)
-        S = self._solve(G)
-        out = np.empty((len(Xt), self.n_train_), dtype=np.float64)
-        for sl, Gtr in self._train_gradients():
-            out[:, sl] = (S @ Gtr.T).cpu().numpy()
-        out /= self.n_train_
-        return out
+        return self._influences(Xt, yt, query)
 
-    def explain(self, X, y=None, *, k: int = 10) -> Explanation:
+    def explain(self, X, y=None, *, k: int = 10, query: str = "each") -> Explanation:
         """Most helpful and most harmful training points for each test point.
 
         Parameters
@@ -527,7 +628,12 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         y : array-like of shape (n_test,) or None
             Targets; ``None`` explains the predicted label.
         k : int, default=10
-            Number of training points listed per kind.
+            Number of training points listed per kind. With ``candidates`` they are ranked among
+            each test point's candidates only, so ``k`` may not exceed the selector's
+            ``n_neighbors``.
+        query : {"each", "mean"}, default="each"
+            ``"mean"`` explains the group's mean loss in one row (see :meth:`influences`); its
+            ``test_labels`` is None.
 
         Returns
         -------
@@ -536,27 +642,141 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             prediction), ``harmful_*`` the ``k`` lowest. See :class:`Explanation`.
         """
         self._check_fitted()
-        if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= self.n_train_:
-            raise ValueError(f"k must be an integer in [1, n_train_={self.n_train_}]; got {k!r}.")
+        self._check_query(query)
+        n_pool = self.n_train_ if self.candidates_ is None else self.candidates_.n_neighbors
+        if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= n_pool:
+            if self.candidates_ is not None and isinstance(k, Integral) and k > n_pool:
+                raise ValueError(
+                    f"k={k} exceeds the {n_pool} candidates scored per test point: lower k or "
+                    "raise the selector's n_neighbors."
+                )
+            raise ValueError(f"k must be an integer in [1, {n_pool}]; got {k!r}.")
         Xt, yt = self._data(X, y)
-        scores = self.influences(X, yt.cpu().numpy())
-        order = np.argsort(-scores, axis=1, kind="stable")
-        helpful = order[:, :k]
+        scores = self._influences(Xt, yt, query)
+        if self.candidates_ is None:
+            pool = None
+        else:
+            m = scores.shape[0]
+            pool = scores.indices.reshape(m, -1).astype(np.int64)
+            scores = scores.data.reshape(m, -1)
+        helpful = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         harmful = np.argsort(scores, axis=1, kind="stable")[:, :k]
+        helpful_scores = np.take_along_axis(scores, helpful, axis=1)
+        harmful_scores = np.take_along_axis(scores, harmful, axis=1)
+        if pool is not None:
+            helpful = np.take_along_axis(pool, helpful, axis=1)
+            harmful = np.take_along_axis(pool, harmful, axis=1)
         return Explanation(
             helpful_indices=helpful,
-            helpful_scores=np.take_along_axis(scores, helpful, axis=1),
+            helpful_scores=helpful_scores,
             harmful_indices=harmful,
-            harmful_scores=np.take_along_axis(scores, harmful, axis=1),
-            test_labels=yt.cpu().numpy(),
+            harmful_scores=harmful_scores,
+            test_labels=yt.cpu().numpy() if query == "each" else None,
             train_labels=self.y_train_,
         )
+
+    def _audit_scores(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        """Exhaustive scores of every training point and the candidate shortlists, for X.
+
+        Both use the same iHVPs, so comparing them measures the pruning alone.
+        """
+        self._check_fitted()
+        if self.candidates_ is None:
+            raise ValueError(
+                "the explainer has no candidates: there is no shortlist to audit. Set "
+                "candidates=NNDescentCandidates(...) and fit again."
+            )
+        Xt, yt = self._data(X, y)
+        S = self._query_factors(Xt, yt, "each")
+        return self._dense_scores(S), self._shortlists(Xt, "each")
+
+    def audit_candidates(
+        self, X, y=None, *, top=10, kind: str = "helpful", max_samples: int | None = 100,
+        min_recall: float = 0.9,
+    ):
+        """Measure the recall of the candidate shortlists on a sample of queries.
+
+        Scores a random sample of the test points exhaustively (every training point, with the
+        same iHVPs) and computes ``R@m``, the fraction of the true top-``m`` training points
+        that the shortlist contains (see :func:`sk_fastif.metrics.candidate_recall`). Warns
+        :class:`~sk_fastif.neighbors.LowCandidateRecallWarning` when the mean ``R@m`` falls
+        below ``min_recall``: raise the selector's ``n_neighbors`` (or try another
+        ``embedding``). Costs one pass over the training gradients.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_test, n_features)
+            Queries to audit, e.g. the test points to be explained.
+        y : array-like of shape (n_test,) or None
+            Targets; ``None`` uses the predicted labels.
+        top : int or sequence of int, default=10
+            The ``m`` of ``R@m``; each at most the selector's ``n_neighbors``.
+        kind : {"helpful", "harmful", "abs"}, default="helpful"
+            Which top list: highest scores, lowest scores or largest magnitudes.
+        max_samples : int or None, default=100
+            Audit at most this many queries, drawn at random (seeded by ``random_state``);
+            None audits all.
+        min_recall : float, default=0.9
+            Warn when a mean ``R@m`` is lower.
+
+        Returns
+        -------
+        result : sklearn.utils.Bunch
+            As :func:`~sk_fastif.metrics.candidate_recall`, plus ``sample_indices`` (the rows
+            of ``X`` audited).
+        """
+        from sklearn.utils import _safe_indexing
+
+        from .metrics import candidate_recall
+        from .neighbors import LowCandidateRecallWarning
+
+        self._check_fitted()
+        if self.candidates_ is None:
+            raise ValueError(
+                "the explainer has no candidates: there is no shortlist to audit. Set "
+                "candidates=NNDescentCandidates(...) and fit again."
+            )
+        tops = [top] if isinstance(top, Integral) else list(top)
+        k = self.candidates_.n_neighbors
+        if any(isinstance(m, bool) or not isinstance(m, Integral) or m > k for m in tops):
+            raise ValueError(
+                f"top must hold integers of at most n_neighbors={k}: a shortlist of {k} cannot "
+                f"hold a longer top list; got {top!r}."
+            )
+        if max_samples is not None and (
+            isinstance(max_samples, bool) or not isinstance(max_samples, Integral)
+            or max_samples < 1
+        ):
+            raise ValueError(
+                f"max_samples must be None or a positive integer; got {max_samples!r}."
+            )
+        n = len(X)
+        sample = np.arange(n)
+        if max_samples is not None and n > max_samples:
+            rng = check_random_state(self.random_state)
+            sample = np.sort(rng.choice(n, size=max_samples, replace=False))
+            X = _safe_indexing(X, sample)
+            y = None if y is None else _safe_indexing(y, sample)
+        result = candidate_recall(self, X, y, top=tops, kind=kind)
+        result["sample_indices"] = sample
+        for m in tops:
+            if result.recall[m] < min_recall:
+                warnings.warn(
+                    f"The candidate shortlists hold only {result.recall[m]:.0%} of the true "
+                    f"top-{m} {kind} training points (mean R@{m} over {len(sample)} queries; "
+                    f"a random shortlist of {k} would hold {k / self.n_train_:.1%}). Raise the "
+                    f"selector's n_neighbors (now {k}) or try another embedding.",
+                    LowCandidateRecallWarning,
+                    stacklevel=2,
+                )
+        return result
 
     def self_influence(self, X=None, y=None) -> np.ndarray:
         """Score of each point on itself, ``(1/n) g(z)ᵀ (H + λI)⁻¹ g(z)``.
 
         High self-influence flags points the model could not explain from the rest of the data,
-        such as mislabeled ones.
+        such as mislabeled ones. It needs each point's own gradient only, so ``candidates``
+        does not change it.
 
         Parameters
         ----------

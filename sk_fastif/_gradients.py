@@ -122,7 +122,8 @@ class NetBridge:
         self.batch_loss_is_mean = False
 
     def __getstate__(self) -> dict:
-        # skorch unpickles a net's module as a new object: rebuild the wrapper around it then
+        # skorch pickles ``net.module_`` on its own, so an unpickled wrapper would hold a copy
+        # of the module that ``net.infer`` no longer runs: rebuild it from the unpickled net.
         state = self.__dict__.copy()
         state.pop("_wrapper", None)
         return state

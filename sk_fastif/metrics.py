@@ -15,6 +15,7 @@ from sklearn.base import clone
 from .solvers import BaseSolver, Exact
 
 __all__ = [
+    "candidate_recall",
     "influence_agreement",
     "make_influence_scorer",
     "relative_residual_score",
@@ -336,3 +337,78 @@ def make_influence_scorer(
     if not isinstance(cache_size, Integral) or isinstance(cache_size, bool) or cache_size < 1:
         raise ValueError(f"cache_size must be a positive integer; got {cache_size!r}.")
     return _InfluenceScorer(metric, clone(reference), int(k), memory, int(cache_size))
+
+
+def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpful"):
+    """Recall of an explainer's candidate shortlists against exhaustive scoring.
+
+    For each query ``z`` of ``X``, scores every training point (the same iHVPs as the pruned
+    path, so only the pruning is measured) and computes FastIF's
+    ``R@m = |shortlist(z) ∩ top_m(z)| / m``, where ``shortlist(z)`` holds the selector's
+    ``n_neighbors = k`` candidates and ``top_m(z)`` the ``m`` truly most influential training
+    points of the chosen ``kind``. A random shortlist scores ``k / n`` on average; ``R@m`` cannot
+    exceed ``min(1, k / m)``.
+
+    Parameters
+    ----------
+    explainer : InfluenceExplainer
+        Fitted, with ``candidates`` set.
+    X : array-like of shape (n_test, n_features)
+        The queries.
+    y : array-like of shape (n_test,) or None, default=None
+        Their targets; ``None`` uses the predicted labels.
+    top : int or sequence of int, default=(10, 100)
+        The values of ``m``, each in ``[1, n_train]``.
+    kind : {"helpful", "harmful", "abs"}, default="helpful"
+        Rank by the highest scores, the lowest scores or the largest magnitudes.
+
+    Returns
+    -------
+    result : sklearn.utils.Bunch
+        ``recall``: dict ``m -> mean R@m`` over the queries (float);
+        ``recall_per_query``: dict ``m -> ndarray of shape (n_test,)``;
+        ``n_neighbors``: the shortlist size ``k``;
+        ``random_baseline``: ``k / n_train``, the expected ``R@m`` of a random shortlist.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetClassifier
+    >>> from sk_fastif import InfluenceExplainer
+    >>> from sk_fastif.metrics import candidate_recall
+    >>> from sk_fastif.neighbors import ExactCandidates
+    >>> from sk_fastif.solvers import Exact
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randn(80, 4).astype("float32"); y = (X[:, 0] > 0).astype("int64")
+    >>> net = NeuralNetClassifier(torch.nn.Linear(4, 2), criterion=torch.nn.CrossEntropyLoss,
+    ...                           max_epochs=5, lr=0.5, train_split=None, verbose=0).fit(X, y)
+    >>> expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
+    ...                           candidates=ExactCandidates(80, embedding="input")).fit(X, y)
+    >>> candidate_recall(expl, X[:5], top=(1, 10)).recall  # a shortlist of all 80 points
+    {1: 1.0, 10: 1.0}
+    """
+    from sklearn.utils import Bunch
+
+    key = {"helpful": lambda s: -s, "harmful": lambda s: s, "abs": lambda s: -np.abs(s)}
+    if kind not in key:
+        raise ValueError(f"kind must be 'helpful', 'harmful' or 'abs'; got {kind!r}.")
+    tops = [top] if isinstance(top, (int, np.integer)) else list(top)
+    n_train = getattr(explainer, "n_train_", None)
+    for m in tops:
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or (
+            n_train is not None and not 1 <= m <= n_train
+        ):
+            raise ValueError(f"top must hold integers in [1, n_train={n_train}]; got {top!r}.")
+    scores, shortlist = explainer._audit_scores(X, y)
+    order = np.argsort(key[kind](scores), axis=1, kind="stable")
+    per_query = {}
+    for m in tops:
+        hits = [len(np.intersect1d(o[:m], c, assume_unique=True)) for o, c in zip(order, shortlist)]
+        per_query[int(m)] = np.asarray(hits, dtype=np.float64) / m
+    k = shortlist.shape[1]
+    return Bunch(
+        recall={m: float(v.mean()) for m, v in per_query.items()},
+        recall_per_query=per_query,
+        n_neighbors=int(k),
+        random_baseline=k / scores.shape[1],
+    )

@@ -650,7 +650,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
                     f"k={k} exceeds the {n_pool} candidates scored per test point: lower k or "
                     "raise the selector's n_neighbors."
                 )
-            raise ValueError(f"k must be an integer in [1, {n_pool}]; got {k!r}.")
+            bound = "n_train_" if self.candidates_ is None else "n_neighbors"
+            raise ValueError(f"k must be an integer in [1, {bound}={n_pool}]; got {k!r}.")
         Xt, yt = self._data(X, y)
         scores = self._influences(Xt, yt, query)
         if self.candidates_ is None:

@@ -343,7 +343,8 @@ class NNDescentCandidates(BaseCandidates):
         Further keyword arguments of ``NNDescent`` for the index build (e.g.
         ``{"n_neighbors": 60}`` for a denser search graph, which raises recall at large
         ``n_neighbors``; ``"n_trees"``, ``"diversify_prob"``, ...). ``data``, ``metric``,
-        ``random_state`` and ``n_jobs`` are set from this selector and may not appear here.
+        ``random_state`` and ``n_jobs`` are set from this selector and may not appear here. The
+        graph's ``n_neighbors`` (default 30) is capped at the number of training points minus 1.
     batch_size : int, default=1024
         Rows per forward pass when embedding.
     n_jobs : int or None, default=None

@@ -1,0 +1,342 @@
+"""FastIF candidate pruning: recall of the kNN shortlists, and the end-to-end speed-up.
+
+Three parts, each printing markdown tables (ratios against a baseline run in the same process):
+
+(a) Recall-vs-k (FastIF's study): for correctly and wrongly predicted test points, the fraction
+    R@m of the m truly most influential training points (exhaustive scoring) that the k nearest
+    training points in the net's penultimate space contain, for k from 10 to n, beside the random
+    baseline k/n. On digits (exact curvature) and on a synthetic ``make_classification`` problem
+    (the reference LiSSA). Shortlists from exact kNN (``ExactCandidates``, like FastIF's flat
+    FAISS index) and, for the helpful top-10, from ``NNDescentCandidates``.
+(b) End-to-end speed per test point (one test point per call, FastIF's protocol) of
+    kNN + small-batch LiSSA against exhaustive scoring with FastIF's reference LiSSA
+    (batch 128, depth 1000), with the agreement beside each time: Spearman correlation with the
+    reference scores over each point's candidates, and R@10 of the shortlist and of the
+    explanation's top 10 against the reference's exhaustive top 10.
+(c) How the time per test point grows with n, the index build reported separately.
+
+All times are CPU seconds of the benchmark process (``time.process_time``) with one torch thread,
+so that other jobs on a shared machine do not distort the ratios.
+
+Run: ``python benchmarks/bench_knn.py`` (10,000, 30,000 and 100,000 training rows; about 25
+minutes on two CPU cores). ``--large`` adds 1,000,000 rows (about 20 more minutes, 4 GB of memory);
+``--quick`` is a small smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from skorch import NeuralNetClassifier
+
+from sk_fastif import InfluenceExplainer
+from sk_fastif.demo import train_digits_net
+from sk_fastif.neighbors import ExactCandidates, NNDescentCandidates
+from sk_fastif.solvers import Exact, LiSSA
+
+KINDS = {"helpful": lambda s: -s, "harmful": lambda s: s, "abs": lambda s: -np.abs(s)}
+
+
+class TabularMLP(torch.nn.Module):
+    """32 → width → width → 2 tanh MLP (width 256: 74,754 parameters; 64: 6,402)."""
+
+    def __init__(self, width: int = 256, n_in: int = 32) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(n_in, width)
+        self.hidden2 = torch.nn.Linear(width, width)
+        self.output = torch.nn.Linear(width, 2)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.output(torch.tanh(self.hidden2(torch.tanh(self.hidden(X)))))
+
+
+def make_problem(n_train: int, n_test: int = 2000, seed: int = 0):
+    X, y = make_classification(
+        n_samples=n_train + n_test, n_features=32, n_informative=12, n_redundant=8,
+        n_clusters_per_class=3, flip_y=0.03, class_sep=0.8, random_state=seed,
+    )
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    y = y.astype(np.int64)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
+def train_mlp(X, y, width: int, seed: int = 0):
+    torch.manual_seed(seed)
+    epochs = int(np.clip(round(200_000 / len(X)), 1, 20))  # about 200k samples seen
+    net = NeuralNetClassifier(
+        TabularMLP, module__width=width, criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam, lr=1e-3, max_epochs=epochs, batch_size=256,
+        train_split=None, verbose=0,
+    )
+    return net.fit(X, y)
+
+
+def pick_points(pred, y, n_each: int):
+    """Indices of the first ``n_each`` correctly and the first ``n_each`` wrongly predicted."""
+    correct = np.flatnonzero(pred == y)[:n_each]
+    wrong = np.flatnonzero(pred != y)[:n_each]
+    return correct, wrong
+
+
+def recall_at(scores, shortlists, m, kind):
+    top = np.argsort(KINDS[kind](scores), axis=1, kind="stable")[:, :m]
+    return np.array([np.isin(t, s).sum() / m for t, s in zip(top, shortlists)])
+
+
+def timed(fn, *args, **kw):
+    """Result and CPU seconds of this process (robust to other jobs on a shared machine)."""
+    t0 = time.process_time()
+    out = fn(*args, **kw)
+    return out, time.process_time() - t0
+
+
+def fmt_t(t: float) -> str:
+    return f"{t:.3g}" if t < 100 else f"{t:.0f}"
+
+
+# ------------------------------------------------------------------------------- (a) recall
+def recall_tables(name, net, Xtr, scores, X_pts, groups, ks, nnd=None, tops=(10, 100)):
+    """Print R@m vs k for each kind, correct / wrong, with exact and NNDescent shortlists."""
+    n = len(Xtr)
+    exact = ExactCandidates(n_neighbors=1).fit(net, Xtr)
+    ks = [k for k in ks if k <= n]
+    print(f"\n#### (a) {name}: R@m of the k nearest training points (correct / wrong "
+          f"predictions, {len(groups['correct'])} / {len(groups['wrong'])} test points, "
+          f"n = {n:,})\n")
+    header = "| k | random k/n | " + " | ".join(
+        f"{kind} R@{m}" for kind in KINDS for m in tops) + " | NNDescent helpful R@10 |"
+    print(header)
+    print("|" + " ---: |" * (header.count("|") - 1))
+    for k in ks:
+        short, _ = exact.kneighbors(net, X_pts, n_neighbors=k)
+        cells = [f"{k:,}", f"{k / n:.4f}"]
+        for kind in KINDS:
+            for m in tops:
+                r = recall_at(scores, short, m, kind)
+                cells.append(f"{r[groups['correct']].mean():.2f} / {r[groups['wrong']].mean():.2f}")
+        cell = "–"
+        if nnd is not None and k <= n // 4:
+            short_nnd, _ = nnd.kneighbors(net, X_pts, n_neighbors=k)
+            r = recall_at(scores, short_nnd, 10, "helpful")
+            cell = f"{r[groups['correct']].mean():.2f} / {r[groups['wrong']].mean():.2f}"
+        cells.append(cell)
+        print("| " + " | ".join(cells) + " |")
+
+
+def digits_recall(args):
+    net, Xtr, Xte, ytr, yte = train_digits_net(0)
+    pred = net.predict(Xte)
+    correct, wrong = pick_points(pred, yte, 50)
+    pts = np.concatenate([correct, wrong])
+    groups = {"correct": np.arange(len(correct)),
+              "wrong": np.arange(len(correct), len(pts))}
+    expl = InfluenceExplainer(net, solver=Exact(damping=1.0)).fit(Xtr, ytr)
+    min_eig = float(expl.solver_.eigenvalues_.min())
+    damping = max(1e-2, 2 * -min_eig)
+    expl.set_params(solver=Exact(damping=damping)).fit(Xtr, ytr)
+    print(f"\ndigits MLP 64-32-10 ({expl.n_params_} parameters), {len(Xtr)} training points, "
+          f"Exact solver, Hessian, damping {damping:.3g}; test accuracy {np.mean(pred == yte):.3f}")
+    scores = expl.influences(Xte[pts], yte[pts])
+    nnd = NNDescentCandidates(n_neighbors=10, random_state=0).fit(net, Xtr)
+    recall_tables("digits", net, Xtr, scores, Xte[pts], groups,
+                  [10, 30, 100, 300, 1000, len(Xtr)], nnd=nnd)
+
+
+# ------------------------------------------------------------------------- (b), (c) speed
+def solvers(scale, damping, args):
+    ref = LiSSA(damping=damping, scale=scale, depth=1000, batch_size=128, random_state=0)
+    fast = {f"LiSSA B=1 J={d}": LiSSA(damping=damping, scale=scale, depth=d, batch_size=1,
+                                       random_state=0) for d in args.fast_depths}
+    return ref, fast
+
+
+def estimate_scale(net, Xtr, ytr, damping):
+    """LiSSA's automatic scale with single-row probes, on a 10,000-row subsample."""
+    sub = min(len(Xtr), 10_000)
+    probe = InfluenceExplainer(net, solver=LiSSA(damping=damping, batch_size=1, random_state=0))
+    probe.fit(Xtr[:sub], ytr[:sub])
+    return 2.0 * probe.solver_.scale_, probe.solver_.top_eigenvalue_
+
+
+def speed_for_size(n, args, rows_b, rows_c, recall_problem=False):
+    Xtr, ytr, Xte, yte = make_problem(n, seed=0)
+    net, t_train = timed(train_mlp, Xtr, ytr, args.width)
+    pred = net.predict(Xte)
+    print(f"\n## n = {n:,}: trained the MLP in {t_train:.0f} s, test accuracy "
+          f"{np.mean(pred == yte):.3f}; torch threads {torch.get_num_threads()}")
+    scale, top = estimate_scale(net, Xtr, ytr, 0.0)
+    damping = args.damping_ratio * scale
+    ref_solver, fast_solvers = solvers(scale, damping, args)
+    print(f"Hessian, top eigenvalue ~{top:.3g}; every LiSSA uses scale {scale:.3g} and damping "
+          f"{damping:.3g} (FastIF's damping/scale ratio {args.damping_ratio:g})")
+
+    k = args.k
+    selector = NNDescentCandidates(n_neighbors=k, random_state=0)
+    fitted_sel, t_index = timed(clone(selector).fit, net, Xtr)
+    common = dict(curvature="hessian", batch_size=256)
+
+    def explainer(solver, pruned):
+        # The pruned explainers share the one index built above (each would otherwise build the
+        # same index, seed 0): fit without candidates, then attach the fitted selector.
+        e, t_fit = timed(InfluenceExplainer(net, solver=solver, **common).fit, Xtr, ytr)
+        if pruned:
+            e.set_params(candidates=selector)
+            e.candidates_ = fitted_sel
+            t_fit += t_index
+        return e, t_fit
+
+    ref, t_fit_ref = explainer(ref_solver, False)
+    knn_ref, t_fit_knn = explainer(ref_solver, True)
+    fast, t_fit = {}, {}
+    for name, solver in fast_solvers.items():
+        fast[name], t_fit[name] = explainer(solver, True)
+
+    correct, wrong = pick_points(pred, yte, args.n_quality // 2)
+    pts = np.concatenate([correct, wrong])
+    Xq, yq = Xte[pts], pred[pts]  # explain the predictions
+
+    # ---- warm-up (torch.func tracing, first queries): every method once with 3 LiSSA steps
+    for e in [ref, knn_ref, *fast.values()]:
+        depth = e.solver_.depth
+        e.solver_.set_params(depth=3)
+        e.influences(Xq[:1], yq[:1])
+        e.solver_.set_params(depth=depth)
+
+    # ---- (b) timing: one test point per call, as FastIF does
+    configs = {"ref": ref, "knn_ref": knn_ref, **fast}
+    times = {name: [] for name in configs}
+    stages = {"exhaustive scoring": [], "kNN query": [], "kNN scoring": []}
+    for i in range(args.n_time):
+        x, yy = Xq[i : i + 1], yq[i : i + 1]
+        for name, e in configs.items():
+            times[name].append(timed(e.influences, x, yy)[1])
+        # ---- (c) the stages that depend on n, with factors from the cheapest solver (the
+        # cost of scoring does not depend on the factors' values); private stage methods
+        e = fast[next(iter(fast))]
+        Xt, yt = e._data(x, yy)
+        S = e._query_factors(Xt, yt, "each")
+        stages["exhaustive scoring"].append(timed(ref._dense_scores, S)[1])
+        C, t_query = timed(e._shortlists, Xt, "each")
+        stages["kNN query"].append(t_query)
+        stages["kNN scoring"].append(timed(e._candidate_scores, S, np.sort(C, axis=1))[1])
+    t = {name: float(np.median(v)) for name, v in times.items()}
+    st = {name: float(np.median(v)) for name, v in stages.items()}
+
+    # ---- agreement on a batch (LiSSA's estimate for a column does not depend on the block)
+    ref_scores, t_ref_batch = timed(ref.influences, Xq, yq)
+    ref_top10 = np.argsort(-ref_scores, axis=1, kind="stable")[:, :10]
+    print(f"reference scores of {len(Xq)} test points in one call: {t_ref_batch:.0f} s")
+
+    def agreement(rows_of):
+        rho, rec_short, rec_expl = [], [], []
+        for i in range(len(Xq)):
+            cand, values = rows_of(i)
+            rho.append(spearmanr(values, ref_scores[i, cand])[0])
+            rec_short.append(np.isin(ref_top10[i], cand).mean())
+            top = cand[np.argsort(-values, kind="stable")[:10]]
+            rec_expl.append(np.isin(ref_top10[i], top).mean())
+        return np.mean(rho), np.mean(rec_short), np.mean(rec_expl)
+
+    # kNN + the reference solver gives the reference scores on the candidates (the same LiSSA
+    # chains; tests/test_candidates.py checks the equality), so only the shortlists are needed
+    short, _ = knn_ref.candidates_.kneighbors(net, Xq)
+    base = t["ref"]
+    rows_b.append((n, "exhaustive + LiSSA B=128 J=1000 (FastIF reference)", t_fit_ref, None,
+                   base, 1.0, (1.0, 1.0, 1.0)))
+    rows_b.append((n, f"kNN k={k} + LiSSA B=128 J=1000", t_fit_knn, t_index,
+                   t["knn_ref"], base / t["knn_ref"],
+                   agreement(lambda i: (short[i], ref_scores[i, short[i]]))))
+    for name, e in fast.items():
+        S = e.influences(Xq, yq)
+        rows_b.append((n, f"kNN k={k} + {name}", t_fit[name], t_index, t[name], base / t[name],
+                       agreement(lambda i, S=S: (S[i].indices, S[i].data))))
+    rows_c.append((n, t_index, st["exhaustive scoring"], st["kNN query"], st["kNN scoring"]))
+
+    if recall_problem:
+        groups = {"correct": np.arange(len(correct)),
+                  "wrong": np.arange(len(correct), len(pts))}
+        recall_tables(f"make_classification, MLP 32-{args.width}-{args.width}-2 "
+                      f"({ref.n_params_:,} parameters), reference LiSSA",
+                      net, Xtr, ref_scores, Xq, groups,
+                      [10**e for e in range(1, 7) if 10**e < n] + [n],
+                      nnd=fitted_sel)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
+    parser.add_argument("--large", action="store_true", help="also 1,000,000 training rows")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--k", type=int, default=100, help="candidates per test point")
+    parser.add_argument("--width", type=int, default=256, help="hidden width of the MLP")
+    parser.add_argument("--recall-size", type=int, default=None,
+                        help="n of the synthetic recall curve (default: the largest size up to "
+                             "100,000; 0 skips it)")
+    parser.add_argument("--fast-depths", type=int, nargs="+", default=[1000, 200])
+    parser.add_argument("--damping-ratio", type=float, default=5e-3)
+    parser.add_argument("--n-time", type=int, default=3, help="test points timed one by one")
+    parser.add_argument("--n-quality", type=int, default=40,
+                        help="test points (half correct, half wrong) for agreement and (a)")
+    parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.sizes, args.n_time, args.n_quality, args.width = [5_000], 1, 6, 64
+        args.fast_depths = [100]
+    sizes = sorted(set(args.sizes + ([1_000_000] if args.large else [])))
+    torch.manual_seed(0)
+    warnings.simplefilter("ignore", UserWarning)
+    print(f"torch threads: {torch.get_num_threads()}; times are CPU seconds of this process; "
+          f"MLP width {args.width}; sizes: {sizes}; k = {args.k}; per test point: median of "
+          f"{args.n_time} single-point calls; agreement over {args.n_quality} test points "
+          "(half correct, half wrong)")
+
+    # pynndescent compiles its kernels once per process: pay it here, outside every timing
+    warm = np.random.RandomState(0).randn(500, 8).astype(np.float32)
+    from pynndescent import NNDescent
+
+    _, t_compile = timed(lambda: NNDescent(warm, n_neighbors=10, random_state=0,
+                                           n_jobs=1).prepare())
+    torch.set_num_threads(args.threads)  # numba's first parallel launch resets it
+    print(f"pynndescent's one-off kernel compilation: {t_compile:.0f} s "
+          "(excluded from every timing below)")
+
+    if not args.skip_digits:
+        digits_recall(args)
+
+    rows_b, rows_c = [], []
+    recall_n = args.recall_size
+    if recall_n is None:
+        recall_n = max(s for s in sizes if s <= 100_000) if min(sizes) <= 100_000 else min(sizes)
+    for n in sizes:
+        speed_for_size(n, args, rows_b, rows_c, recall_problem=(n == recall_n))
+
+    print("\n#### (b) Time per test point, kNN + fast LiSSA vs exhaustive + reference LiSSA\n")
+    print("| n | method | fit (s) | index build (s) | per test point (s) | speed-up | "
+          "Spearman over candidates | shortlist R@10 | explanation top-10 overlap |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, name, t_fit, t_idx, tt, sp, (rho, rs, re) in rows_b:
+        idx = "–" if t_idx is None else f"{t_idx:.1f}"
+        print(f"| {n:,} | {name} | {t_fit:.1f} | {idx} | {fmt_t(tt)} | {sp:.0f}x | {rho:.3f} | "
+              f"{rs:.2f} | {re:.2f} |")
+
+    print("\n#### (c) Growth with n: the stages whose cost depends on n, per test point "
+          "(LiSSA's solve does not depend on n)\n")
+    print("| n | index build (s) | exhaustive scoring (s) | kNN query (s) | kNN scoring (s) | "
+          "scoring speed-up | n / k |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, t_idx, sc_ref, t_query, sc_knn in rows_c:
+        print(f"| {n:,} | {t_idx:.1f} | {fmt_t(sc_ref)} | {t_query:.4f} | {sc_knn:.4f} | "
+              f"{sc_ref / (t_query + sc_knn):.0f}x | {n // args.k:,} |")
+
+
+if __name__ == "__main__":
+    main()

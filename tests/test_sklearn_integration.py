@@ -448,3 +448,29 @@ def test_random_state_seeds_the_training_of_an_unfitted_net(digits):
     a, b, c = weights(0), weights(0), weights(1)
     assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_grid_over_candidates_n_neighbors_never_retrains_and_scores_recall(counted_net):
+    """A grid over the shortlist size: the fitted net is shared, and a recall scorer ranks the
+    largest shortlist (which holds every true top-10 point) first."""
+    from sk_fastif.metrics import candidate_recall
+    from sk_fastif.neighbors import ExactCandidates
+
+    net, Xtr, ytr, Xte, yte = counted_net
+    before, calls = _state(net), dict(CountingNet.calls)
+    X_all, y_all = np.vstack([Xtr, Xte]), np.concatenate([ytr, yte])
+    split = [(np.arange(len(Xtr)), np.arange(len(Xtr), len(X_all)))]
+
+    def recall_at_10(explainer, X, y=None):
+        return candidate_recall(explainer, X, y, top=10).recall[10]
+
+    explainer = InfluenceExplainer(net, solver=Exact(damping=0.1), params=["output"],
+                                   curvature="gauss_newton", candidates=ExactCandidates(5))
+    search = GridSearchCV(explainer, {"candidates__n_neighbors": [5, 40, len(Xtr)]}, cv=split,
+                          scoring=recall_at_10, refit=False)
+    search.fit(X_all, y_all)
+    assert CountingNet.calls == calls
+    _assert_state(net, before)
+    assert search.best_params_ == {"candidates__n_neighbors": len(Xtr)}
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[2] == pytest.approx(1.0) and scores[0] <= scores[1] <= scores[2]

@@ -10,12 +10,13 @@ import torch
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from tqdm.auto import tqdm
 
+from . import _validation as _val
 from ._explanation import Explanation
 from ._gradients import NetBridge, eval_mode
 from .solvers._base import BaseSolver
@@ -98,7 +99,10 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
     random_state : int, RandomState instance or None, default=None
-        Seeds a stochastic solver whose own ``random_state`` is None.
+        Seeds a stochastic solver (LiSSA) whose own ``random_state`` is not an integer. One
+        integer seed is drawn in :meth:`fit` (``None``: from numpy's global generator), so a
+        fitted explainer always gives the same results, whatever ``batch_size`` and whichever
+        test points are explained together; pass an int for results reproducible across runs.
     verbose : int, default=0
         ``> 0`` shows progress bars for passes over the training set.
 
@@ -183,9 +187,10 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         self : InfluenceExplainer
         """
         self._validate_params()
-        if y is None:
-            raise ValueError("y is required: influence needs the training labels.")
-        _split_estimator(self.estimator)  # raises TypeError for non-skorch estimators
+        _val.check_constructor_args(self)
+        _val.discard_fit(self)
+        pre, _ = _split_estimator(self.estimator)  # raises TypeError for non-skorch estimators
+        _val.check_fit_data(X, y, has_preprocessor=pre is not None)
         if _is_fitted(self.estimator):
             fitted = self.estimator
         else:
@@ -197,14 +202,18 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             fitted.fit(X, y)
         self.fitted_estimator_ = fitted
         self._pre, self.net_ = _split_estimator(fitted)
-        if hasattr(X, "shape") and len(getattr(X, "shape", ())) == 2:
-            self.n_features_in_ = int(X.shape[1])
+        if len(_val._shape(X, strict=False)) == 2:
+            self.n_features_in_ = _val._shape(X)[1]
         if hasattr(X, "columns"):
             self.feature_names_in_ = np.asarray(X.columns, dtype=object)
 
         self.bridge_ = NetBridge(self.net_, self.params, self.curvature, self.batch_size)
         Xt = self._transform(X, reset=True)
+        _val.check_net_accepts(self.net_, Xt, after_preprocessing=self._pre is not None)
         yt = self._check_y(y, Xt)
+        _val.check_finite_training_loss(self.bridge_, Xt, yt)
+        if self._is_classifier():
+            self._train_labels = _val.train_labels(self.net_, yt.cpu().numpy())
         self._X_train, self._y_train = Xt, yt
         self.y_train_ = np.asarray(y)
         self.n_train_ = len(Xt)
@@ -217,12 +226,12 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
 
             solver = LiSSA()
         self.solver_ = clone(solver)
-        if "random_state" in self.solver_.get_params() and self.solver_.random_state is None:
-            if self.random_state is not None:
-                seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-                self.solver_.set_params(random_state=int(seed))
+        _val.fix_solver_seed(self.solver_, self.random_state)
         self._op = self.bridge_.operator(Xt, yt)
-        self.solver_.prepare(self._op)
+        try:
+            self.solver_.prepare(self._op)
+        except ValueError as exc:  # an invalid solver setting: say which object holds it
+            raise ValueError(f"solver={solver!r}: {exc}") from exc
         self.last_solve_ = None
         return self
 
@@ -234,10 +243,10 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """Apply the pipeline's preprocessing and return the net's input as a tensor."""
         if X is None:
             raise ValueError("X is required.")
+        if _val._n_samples(X, "X") == 0:
+            raise ValueError("X is empty: at least one sample is required.")
         if not reset and getattr(self, "n_features_in_", None) is not None:
-            shape = getattr(X, "shape", None)
-            if shape is None:
-                shape = np.shape(X)
+            shape = _val._shape(X, strict=False)
             if len(shape) == 2 and shape[1] != self.n_features_in_:
                 raise ValueError(
                     f"X has {shape[1]} features, but the explainer was fitted with "
@@ -250,9 +259,22 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
                 Xt = self._pre.transform(X)
         if isinstance(Xt, torch.Tensor):
             Xt = Xt.detach().cpu().numpy()
-        Xt = check_array(Xt, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
-                         input_name="X")
-        return torch.as_tensor(Xt, dtype=self.bridge_.dtype, device=self.bridge_.device)
+        after = self._pre is not None
+        shape = _val._shape(Xt)
+        _val.check_input_shape(shape, None if reset else self._input_shape,
+                               after_preprocessing=after)
+        if reset:
+            self._input_shape = shape[1:]
+        try:
+            Xt = check_array(Xt, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
+                             input_name="X", allow_nd=True)
+        except ValueError as exc:  # name the argument in scikit-learn's messages that do not
+            if "X" in str(exc):
+                raise
+            raise ValueError(f"Invalid X: {exc}") from exc
+        Xt = torch.as_tensor(Xt, dtype=self.bridge_.dtype, device=self.bridge_.device)
+        _val.check_input_tensor(Xt, after_preprocessing=after)
+        return Xt
 
     def _n_outputs(self, Xt: torch.Tensor) -> int:
         with eval_mode(self.net_.module_), torch.no_grad():
@@ -270,15 +292,9 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
 
     def _check_y(self, y, Xt: torch.Tensor) -> torch.Tensor:
         n = len(Xt)
-        if isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        y = np.asarray(y)
+        y = _val.check_y_basic(y)
         if y.shape[0] != n:
             raise ValueError(f"y has {y.shape[0]} rows but X has {n}.")
-        if y.dtype.kind not in "biuf":
-            raise TypeError(f"y must be numeric; got dtype {y.dtype}.")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y contains NaN or infinity.")
         device = self.bridge_.device
         if self._is_classifier():
             if y.ndim != 1:
@@ -291,6 +307,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
                     f"y holds labels outside 0..{n_classes - 1}, the classes the net outputs: "
                     f"{sorted(set(np.unique(y).tolist()) - set(range(n_classes)))}."
                 )
+            _val.check_labels_seen(y, getattr(self, "_train_labels", None))
             return torch.as_tensor(y.astype(np.int64), device=device)
         if isinstance(self.net_, NeuralNetBinaryClassifier):
             if not np.all(np.isin(y, (0, 1))):
@@ -340,15 +357,11 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             out.append(res.solution)
         return torch.cat(out) if out else G.new_zeros((0, G.shape[1]))
 
-    def _warn_zero_gradients(self, G: torch.Tensor) -> None:
-        zero = torch.nonzero(G.abs().amax(dim=1) == 0).flatten().tolist()
-        if zero:
-            warnings.warn(
-                f"{len(zero)} test point(s) have a loss gradient that is exactly zero (indices "
-                f"{zero[:10]}{'...' if len(zero) > 10 else ''}); their influence scores are all 0.",
-                UserWarning,
-                stacklevel=3,
-            )
+    def _warn_zero_gradients(
+        self, G: torch.Tensor, consequence: str = "their influence scores are all 0"
+    ) -> None:
+        _val.check_finite_gradients(G, what="test point")
+        _val.warn_zero_gradients(G, consequence, stacklevel=3)
 
     def _train_gradients(self):
         it = self.bridge_.iter_gradients(self._X_train, self._y_train)
@@ -374,6 +387,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """
         Xt, yt = self._data(X, y)
         G = self.bridge_.gradients(Xt, yt)
+        self._warn_zero_gradients(G, "their influence factors are 0")
         return self._solve(G).cpu().numpy()
 
     def influences(self, X, y=None) -> np.ndarray:
@@ -399,6 +413,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         S = self._solve(G)
         out = np.empty((len(Xt), self.n_train_), dtype=np.float64)
         for sl, Gtr in self._train_gradients():
+            _val.check_finite_gradients(Gtr, what="training point", offset=sl.start)
             out[:, sl] = (S @ Gtr.T).cpu().numpy()
         out /= self.n_train_
         return out
@@ -465,6 +480,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         out = np.empty(len(Xt), dtype=np.float64)
         it = self.bridge_.iter_gradients(Xt, yt)
         for sl, G in it:
+            _val.check_finite_gradients(G, what="point", offset=sl.start)
+            _val.warn_zero_gradients(G, "their self-influence is 0", stacklevel=2)
             S = self._solve(G)
             out[sl] = (S * G).sum(dim=1).cpu().numpy()
         return out / self.n_train_
@@ -474,7 +491,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
 
         ``-mean_i ‖(H + λI) s_i − g_i‖ / ‖g_i‖`` with ``s_i`` the solver's answer for test point
         ``i``. It needs no reference solution, so a grid search over solver settings ranks them
-        meaningfully by default.
+        meaningfully by default. Points whose gradient is exactly zero are left out (with a
+        warning); if every gradient is zero the score is 0.0.
 
         Parameters
         ----------
@@ -487,6 +505,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """
         Xt, yt = self._data(X, y)
         G = self.bridge_.gradients(Xt, yt)
+        self._warn_zero_gradients(G, "they are solved exactly (by 0) and left out of the score")
         S = self._solve(G)
         damping = float(getattr(self.solver_, "damping", 0.0))
         R = self._op.matvec(S) + damping * S - G
@@ -501,14 +520,16 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     def predict(self, X):
         """Predictions of the explained estimator."""
         self._check_fitted()
-        with eval_mode(self.net_.module_):
-            return self.fitted_estimator_.predict(X)
+        Xt = self._transform(X)  # validated, preprocessed and in the net's dtype
+        with self.bridge_._modes():  # skorch switches the module and criterion modes
+            return self.net_.predict(Xt)
 
     def predict_proba(self, X):
         """Class probabilities of the explained estimator."""
         self._check_fitted()
-        with eval_mode(self.net_.module_):
-            return self.fitted_estimator_.predict_proba(X)
+        Xt = self._transform(X)
+        with self.bridge_._modes():
+            return self.net_.predict_proba(Xt)
 
     @property
     def classes_(self):

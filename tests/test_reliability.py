@@ -553,6 +553,7 @@ def _assert_unchanged(net, snap, when, *, torch_rng=True):
         assert now[key] == snap[key], (when, key)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # CG max_iter=3
 @pytest.mark.parametrize("train_mode", [True, False], ids=["train-mode", "eval-mode"])
 @pytest.mark.parametrize(
     "solver", [Exact(damping=0.05), CG(damping=0.05, max_iter=3),

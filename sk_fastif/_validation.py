@@ -127,8 +127,8 @@ def check_input_shape(shape: tuple, expected: tuple | None, *,
     if len(shape) < 2:
         got = "a scalar" if not shape else f"a 1-D array of shape {shape}"
         raise ValueError(
-            f"{what} must be 2-D, shape (n_samples, n_features); got {got}. Use "
-            f"X.reshape(1, -1) for a single sample or X.reshape(-1, 1) for a single feature."
+            f"{what} must be 2-D, shape (n_samples, n_features); got {got}. Reshape your data: "
+            f"X.reshape(1, -1) for a single sample, X.reshape(-1, 1) for a single feature."
         )
     if shape[0] == 0:
         raise ValueError(f"{what} is empty: at least one sample is required.")

@@ -249,8 +249,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             shape = _val._shape(X, strict=False)
             if len(shape) == 2 and shape[1] != self.n_features_in_:
                 raise ValueError(
-                    f"X has {shape[1]} features, but the explainer was fitted with "
-                    f"{self.n_features_in_} features."
+                    f"X has {shape[1]} features, but InfluenceExplainer is expecting "
+                    f"{self.n_features_in_} features as input."
                 )
         Xt = X
         if self._pre is not None:

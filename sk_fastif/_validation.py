@@ -69,7 +69,10 @@ def check_fit_data(X, y, *, has_preprocessor: bool) -> None:
     if X is None:
         raise ValueError("X is required: pass the training inputs the net learned from.")
     if y is None:
-        raise ValueError("y is required: influence needs the training labels.")
+        raise ValueError(  # scikit-learn's wording for estimators that require y
+            "InfluenceExplainer requires y to be passed, but the target y is None: influence "
+            "needs the training labels."
+        )
     check_y_basic(y, name="y")
     n_x, n_y = _n_samples(X, "X"), _n_samples(y, "y")
     if n_x != n_y:
@@ -133,10 +136,10 @@ def check_input_shape(shape: tuple, expected: tuple | None, *,
     if shape[0] == 0:
         raise ValueError(f"{what} is empty: at least one sample is required.")
     if expected is not None and tuple(shape[1:]) != tuple(expected):
-        if len(shape) == 2 and len(expected) == 1:
+        if len(shape) == 2 and len(expected) == 1:  # scikit-learn's wording
             raise ValueError(
-                f"{what} has {shape[1]} features, but the explainer was fitted with "
-                f"{expected[0]} features."
+                f"{what} has {shape[1]} features, but InfluenceExplainer is expecting "
+                f"{expected[0]} features as input."
             )
         raise ValueError(
             f"{what} has samples of shape {tuple(shape[1:])}, but the explainer was fitted "

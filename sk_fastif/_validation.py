@@ -110,6 +110,8 @@ def check_y_basic(y, *, name: str = "y") -> np.ndarray:
             f"{name} must be array-like of shape (n_samples,) or (n_samples, n_outputs); got a "
             f"scalar {y!r}. Wrap a single target in a list."
         )
+    if y.dtype.kind == "c":  # scikit-learn's wording
+        raise ValueError(f"Complex data not supported: {name} has dtype {y.dtype}.")
     if y.dtype.kind not in "biuf":
         hint = (
             " Encode class labels as the integer indices the net outputs (e.g. with "

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from tqdm.auto import tqdm
 
+from . import _validation as _val
 from ._explanation import Explanation
 from ._gradients import NetBridge, eval_mode
 from .neighbors import BaseCandidates
@@ -185,10 +186,13 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
     random_state : int, RandomState instance or None, default=None
-        Seeds a stochastic solver, and a candidate selector, whose own ``random_state`` is
-        None, and, when ``fit`` trains a clone of an unfitted estimator, torch's random number
-        generator for that training (within :func:`torch.random.fork_rng`, so the global
-        generator is left as it was).
+        Seeds a stochastic solver (LiSSA) whose own ``random_state`` is not an integer, a
+        candidate selector whose own ``random_state`` is None, and, when ``fit`` trains a clone
+        of an unfitted estimator, torch's random number generator for that training (within
+        :func:`torch.random.fork_rng`, so the global generator is left as it was). The solver's
+        integer seed is drawn once in :meth:`fit` (``None``: from numpy's global generator), so a
+        fitted explainer always gives the same results, whatever ``batch_size`` and whichever
+        test points are explained together; pass an int for results reproducible across runs.
     verbose : int, default=0
         ``> 0`` shows progress bars for passes over the training set.
 
@@ -281,12 +285,10 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         self : InfluenceExplainer
         """
         self._validate_params()
-        if y is None:
-            raise ValueError(
-                "InfluenceExplainer requires y to be passed, but the target y is None: influence "
-                "needs the training labels."
-            )
-        _split_estimator(self.estimator)  # raises TypeError for non-skorch estimators
+        _val.check_constructor_args(self)
+        _val.discard_fit(self)
+        pre, _ = _split_estimator(self.estimator)  # raises TypeError for non-skorch estimators
+        _val.check_fit_data(X, y, has_preprocessor=pre is not None)
         if not isinstance(y, torch.Tensor):
             y = _numeric_target(y)
         if _is_fitted(self.estimator):
@@ -318,7 +320,11 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
 
         self.bridge_ = NetBridge(self.net_, self.params, self.curvature, self.batch_size)
         Xt = self._transform(X, reset=True)
+        _val.check_net_accepts(self.net_, Xt, after_preprocessing=self._pre is not None)
         yt = self._check_y(y, Xt)
+        _val.check_finite_training_loss(self.bridge_, Xt, yt)
+        if self._is_classifier():
+            self._train_labels = _val.train_labels(self.net_, yt.cpu().numpy())
         self._X_train, self._y_train = Xt, yt
         self.y_train_ = np.asarray(y)
         self.n_train_ = len(Xt)
@@ -331,43 +337,41 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
 
             solver = LiSSA()
         self.solver_ = clone(solver)
-        if "random_state" in self.solver_.get_params() and self.solver_.random_state is None:
-            if self.random_state is not None:
-                seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-                self.solver_.set_params(random_state=int(seed))
+        _val.fix_solver_seed(self.solver_, self.random_state)
         self._op = self.bridge_.operator(Xt, yt)
-        self.solver_.prepare(self._op)
+        try:
+            self.solver_.prepare(self._op)
+        except ValueError as exc:  # an invalid solver setting: say which object holds it
+            raise ValueError(f"solver={solver!r}: {exc}") from exc
         self.last_solve_ = None
 
-        self.candidates_ = None
+        selector = None
         if self.candidates is not None:
             selector = clone(self.candidates)
             if "random_state" in selector.get_params() and selector.random_state is None:
                 if self.random_state is not None:
                     seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
                     selector.set_params(random_state=int(seed))
-            self.candidates_ = selector.fit(self.net_, Xt)
+            selector.fit(self.net_, Xt)
+        # set last: an interrupted fit leaves the explainer not fitted (see _check_fitted)
+        self.candidates_ = selector
         return self
 
     # ============================================================================= validation
     def _check_fitted(self):
-        check_is_fitted(self, ["bridge_", "solver_"])
+        check_is_fitted(self, ["bridge_", "solver_", "candidates_"])
 
     def _transform(self, X, reset: bool = False) -> torch.Tensor:
         """Apply the pipeline's preprocessing and return the net's input as a tensor."""
         if X is None:
             raise ValueError("X is required.")
+        if _val._n_samples(X, "X") == 0:
+            raise ValueError("X is empty: at least one sample is required.")
+        after = self._pre is not None
+        if not after:  # a bare net's input: its shape first, then scikit-learn's feature checks
+            _val.check_input_shape(_val._shape(X), None if reset else self._input_shape)
         if not reset:
             self._check_input_features(X)
-        if not reset and getattr(self, "n_features_in_", None) is not None:
-            shape = getattr(X, "shape", None)
-            if shape is None:
-                shape = np.shape(X)
-            if len(shape) == 2 and shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {shape[1]} features, but the explainer was fitted with "
-                    f"{self.n_features_in_} features."
-                )
         Xt = X
         if self._pre is not None:
             with warnings.catch_warnings():
@@ -375,24 +379,27 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
                 Xt = self._pre.transform(X)
         if isinstance(Xt, torch.Tensor):
             Xt = Xt.detach().cpu().numpy()
-        Xt = check_array(Xt, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
-                         input_name="X")
+        shape = _val._shape(Xt)
+        _val.check_input_shape(shape, None if reset else self._input_shape,
+                               after_preprocessing=after)
+        if reset:
+            self._input_shape = shape[1:]
+        try:
+            Xt = check_array(Xt, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
+                             input_name="X", allow_nd=True)
+        except ValueError as exc:  # name the argument in scikit-learn's messages that do not
+            if "X" in str(exc):
+                raise
+            raise ValueError(f"Invalid X: {exc}") from exc
         if not Xt.flags.writeable:  # e.g. a pandas copy-on-write view: torch wants writable
             Xt = Xt.copy()
-        return torch.as_tensor(Xt, dtype=self.bridge_.dtype, device=self.bridge_.device)
+        Xt = torch.as_tensor(Xt, dtype=self.bridge_.dtype, device=self.bridge_.device)
+        _val.check_input_tensor(Xt, after_preprocessing=after)
+        return Xt
 
     def _check_input_features(self, X) -> None:
         """Check ``X``'s number of features and column names against those seen in ``fit``."""
         _validate_data(self, X, reset=False, skip_check_array=True)
-
-    def _net_input(self, X):
-        """``X`` for the explained estimator's own ``predict``/``predict_proba``."""
-        if self._pre is None:
-            Xa = _bare_net_input(X, self.bridge_.dtype)
-            self._check_input_features(X)
-            return Xa
-        self._check_input_features(X)
-        return X
 
     def _n_outputs(self, Xt: torch.Tensor) -> int:
         with eval_mode(self.net_.module_), torch.no_grad():
@@ -410,15 +417,9 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
 
     def _check_y(self, y, Xt: torch.Tensor) -> torch.Tensor:
         n = len(Xt)
-        if isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        y = np.asarray(y)
+        y = _val.check_y_basic(y)
         if y.shape[0] != n:
             raise ValueError(f"y has {y.shape[0]} rows but X has {n}.")
-        if y.dtype.kind not in "biuf":
-            raise TypeError(f"y must be numeric; got dtype {y.dtype}.")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y contains NaN or infinity.")
         device = self.bridge_.device
         if self._is_classifier():
             if y.ndim != 1:
@@ -431,6 +432,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
                     f"y holds labels outside 0..{n_classes - 1}, the classes the net outputs: "
                     f"{sorted(set(np.unique(y).tolist()) - set(range(n_classes)))}."
                 )
+            _val.check_labels_seen(y, getattr(self, "_train_labels", None))
             return torch.as_tensor(y.astype(np.int64), device=device)
         if isinstance(self.net_, NeuralNetBinaryClassifier):
             if not np.all(np.isin(y, (0, 1))):
@@ -480,15 +482,11 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             out.append(res.solution)
         return torch.cat(out) if out else G.new_zeros((0, G.shape[1]))
 
-    def _warn_zero_gradients(self, G: torch.Tensor) -> None:
-        zero = torch.nonzero(G.abs().amax(dim=1) == 0).flatten().tolist()
-        if zero:
-            warnings.warn(
-                f"{len(zero)} test point(s) have a loss gradient that is exactly zero (indices "
-                f"{zero[:10]}{'...' if len(zero) > 10 else ''}); their influence scores are all 0.",
-                UserWarning,
-                stacklevel=3,
-            )
+    def _warn_zero_gradients(
+        self, G: torch.Tensor, consequence: str = "their influence scores are all 0"
+    ) -> None:
+        _val.check_finite_gradients(G, what="test point")
+        _val.warn_zero_gradients(G, consequence, stacklevel=3)
 
     def _train_gradients(self):
         it = self.bridge_.iter_gradients(self._X_train, self._y_train)
@@ -514,6 +512,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """
         Xt, yt = self._data(X, y)
         G = self.bridge_.gradients(Xt, yt)
+        self._warn_zero_gradients(G, "their influence factors are 0")
         return self._solve(G).cpu().numpy()
 
     def _check_query(self, query: str) -> None:
@@ -532,6 +531,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """Scores of every training point: one pass over the training gradients."""
         out = np.empty((len(S), self.n_train_), dtype=np.float64)
         for sl, Gtr in self._train_gradients():
+            _val.check_finite_gradients(Gtr, what="training point", offset=sl.start)
             out[:, sl] = (S @ Gtr.T).cpu().numpy()
         out /= self.n_train_
         return out
@@ -557,6 +557,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             n_chunks = -(-len(U) // self.batch_size)
             it = tqdm(it, total=n_chunks, desc="candidate gradients", leave=False)
         for sl, G in it:
+            _val.check_finite_gradients(G, what="training point", rows=U[sl])
             lo, hi = np.searchsorted(pair_u, [sl.start, sl.stop])
             pos, rows, local = order[lo:hi], pair_row[lo:hi], pair_u[lo:hi] - sl.start
             involved = np.unique(rows)
@@ -801,6 +802,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         out = np.empty(len(Xt), dtype=np.float64)
         it = self.bridge_.iter_gradients(Xt, yt)
         for sl, G in it:
+            _val.check_finite_gradients(G, what="point", offset=sl.start)
+            _val.warn_zero_gradients(G, "their self-influence is 0", stacklevel=2)
             S = self._solve(G)
             out[sl] = (S * G).sum(dim=1).cpu().numpy()
         return out / self.n_train_
@@ -810,7 +813,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
 
         ``-mean_i ‖(H + λI) s_i − g_i‖ / ‖g_i‖`` with ``s_i`` the solver's answer for test point
         ``i``. It needs no reference solution, so a grid search over solver settings ranks them
-        meaningfully by default.
+        meaningfully by default. Points whose gradient is exactly zero are left out (with a
+        warning); if every gradient is zero the score is 0.0.
 
         Parameters
         ----------
@@ -830,6 +834,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         """
         Xt, yt = self._data(X, y)
         G = self.bridge_.gradients(Xt, yt)
+        self._warn_zero_gradients(G, "they are solved exactly (by 0) and left out of the score")
         S = self._solve(G)
         damping = float(getattr(self.solver_, "damping", 0.0))
         R = self._op.matvec(S) + damping * S - G
@@ -844,16 +849,16 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     def predict(self, X):
         """Predictions of the explained estimator."""
         self._check_fitted()
-        X = self._net_input(X)
-        with eval_mode(self.net_.module_):
-            return self.fitted_estimator_.predict(X)
+        Xt = self._transform(X)  # validated, preprocessed and in the net's dtype
+        with self.bridge_._modes():  # skorch switches the module and criterion modes
+            return self.net_.predict(Xt)
 
     def predict_proba(self, X):
         """Class probabilities of the explained estimator."""
         self._check_fitted()
-        X = self._net_input(X)
-        with eval_mode(self.net_.module_):
-            return self.fitted_estimator_.predict_proba(X)
+        Xt = self._transform(X)  # validated, preprocessed and in the net's dtype
+        with self.bridge_._modes():  # skorch switches the module and criterion modes
+            return self.net_.predict_proba(Xt)
 
     @property
     def classes_(self):

@@ -236,16 +236,21 @@ class NetBridge:
     def iter_gradients(
         self, X: torch.Tensor, y: torch.Tensor
     ) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield ``(rows, G)`` with ``G`` the (len(rows), n_params) per-sample loss gradients."""
-        with self._modes():
-            for sl in self._chunks(len(X)):
+        """Yield ``(rows, G)`` with ``G`` the (len(rows), n_params) per-sample loss gradients.
+
+        The net's modes are switched for each chunk and restored before the chunk is yielded,
+        never held across a ``yield``: an exception or KeyboardInterrupt in the consumer, or a
+        generator that is never finished, cannot leave the user's net in eval mode.
+        """
+        for sl in self._chunks(len(X)):
+            with self._modes():
                 if self.use_vmap:
                     G = self._per_sample(grad(self._sample_loss), X[sl], y[sl])
                 else:
                     G = torch.stack(
                         [self._sample_grad_loop(self.theta, xi, yi) for xi, yi in zip(X[sl], y[sl])]
                     )
-                yield sl, G.detach()
+            yield sl, G.detach()
 
     def gradients(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """All per-sample gradients at once, shape (n, n_params). Use for test points only."""

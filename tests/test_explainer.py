@@ -115,6 +115,7 @@ def _assert_same(net, snap):
     assert str(net.optimizer_.state_dict()) == str(opt)
 
 
+@pytest.mark.filterwarnings("ignore:CG did not converge")  # truncated on purpose: fast
 @pytest.mark.parametrize("train_mode", [True, False])
 def test_users_net_is_unchanged_by_every_method(digits, digits_mlp, train_mode):
     Xtr, ytr, Xte, yte = digits

@@ -1,0 +1,275 @@
+"""Input checks, fitted-state handling and seeding for :class:`InfluenceExplainer`.
+
+Every check raises ``ValueError`` or ``TypeError`` with a message that names the argument and
+says what was expected, before any array reaches torch, so that bad input never surfaces as a
+stack trace from deep inside a dependency or as a silent NaN.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import _num_samples
+
+# Fitted state of the explainer that ``fit`` discards before it starts (attributes ending in
+# ``_`` are found automatically; these are the private ones).
+_PRIVATE_FIT_STATE = ("_pre", "_op", "_X_train", "_y_train", "_train_labels", "_input_shape")
+
+
+def discard_fit(explainer) -> None:
+    """Forget a previous fit, so that a failed or interrupted ``fit`` leaves no stale mixture.
+
+    After this, an explainer whose ``fit`` was interrupted is either not fitted (its methods
+    raise ``NotFittedError``) or fully consistent.
+    """
+    for name in list(vars(explainer)):
+        if (name.endswith("_") and not name.startswith("__")) or name in _PRIVATE_FIT_STATE:
+            delattr(explainer, name)
+
+
+def check_constructor_args(explainer) -> None:
+    """Checks of constructor arguments that ``_parameter_constraints`` cannot express."""
+    if isinstance(explainer.batch_size, bool):
+        raise TypeError(f"batch_size must be a positive integer; got {explainer.batch_size!r}.")
+    params = explainer.params
+    if params is not None and not isinstance(params, str):
+        bad = [p for p in params if not isinstance(p, str)]
+        if bad:
+            raise TypeError(
+                f"params must be None, a string or a list of strings naming modules or "
+                f"parameters; got non-string entries {bad!r}."
+            )
+
+
+def _shape(X, *, strict: bool = True) -> tuple:
+    """Shape of an array-like without converting it.
+
+    A ragged nested list raises ValueError when ``strict``, else gives ``()`` (raw input of a
+    pipeline may legitimately be ragged, e.g. token lists).
+    """
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(X)
+        except (ValueError, TypeError):
+            if not strict:
+                return ()
+            raise ValueError(
+                "X is ragged: every sample must have the same number of features."
+            ) from None
+    return tuple(int(s) for s in shape)
+
+
+def check_fit_data(X, y, *, has_preprocessor: bool) -> None:
+    """Cheap checks of the training data, before a clone is fitted or any gradient is taken."""
+    if X is None:
+        raise ValueError("X is required: pass the training inputs the net learned from.")
+    if y is None:
+        raise ValueError(  # scikit-learn's wording for estimators that require y
+            "InfluenceExplainer requires y to be passed, but the target y is None: influence "
+            "needs the training labels."
+        )
+    check_y_basic(y, name="y")
+    n_x, n_y = _n_samples(X, "X"), _n_samples(y, "y")
+    if n_x != n_y:
+        raise ValueError(f"X and y have inconsistent numbers of samples: X has {n_x}, y has {n_y}.")
+    if n_x == 0:
+        raise ValueError("X is empty: fit needs at least one training sample.")
+    if not has_preprocessor:
+        check_input_shape(_shape(X), None)
+
+
+def _n_samples(a, name: str) -> int:
+    if isinstance(a, torch.Tensor):
+        if a.dim() == 0:
+            raise ValueError(f"{name} must be array-like with one row per sample; got a scalar.")
+        return int(a.shape[0])
+    try:
+        return int(_num_samples(a))
+    except TypeError as exc:
+        raise ValueError(
+            f"{name} must be array-like with one row per sample; got {type(a).__name__} "
+            f"({exc})."
+        ) from None
+
+
+def check_y_basic(y, *, name: str = "y") -> np.ndarray:
+    """Return ``y`` as an ndarray after checking it is non-scalar, numeric and finite."""
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    try:
+        y = np.asarray(y)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be an array-like of targets; {exc}") from None
+    if y.ndim == 0:
+        raise ValueError(
+            f"{name} must be array-like of shape (n_samples,) or (n_samples, n_outputs); got a "
+            f"scalar {y!r}. Wrap a single target in a list."
+        )
+    if y.dtype.kind == "c":  # scikit-learn's wording
+        raise ValueError(f"Complex data not supported: {name} has dtype {y.dtype}.")
+    if y.dtype.kind == "O" and all(isinstance(v, Real) for v in y.ravel()):
+        y = y.astype(np.float64)  # e.g. a pandas object column of numbers
+    if y.dtype.kind not in "biuf":
+        hint = (
+            " Encode class labels as the integer indices the net outputs (e.g. with "
+            "sklearn.preprocessing.LabelEncoder)."
+            if y.dtype.kind in "USO"
+            else ""
+        )
+        raise TypeError(  # "Unknown label type" is scikit-learn's wording
+            f"Unknown label type: {name} must be numeric; got dtype {y.dtype}.{hint}"
+        )
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} contains NaN or infinity.")
+    return y
+
+
+def check_input_shape(shape: tuple, expected: tuple | None, *,
+                      after_preprocessing: bool = False) -> None:
+    """Check the shape of the net's input: at least 2-D, non-empty, the fitted feature shape."""
+    what = "X (after the pipeline's preprocessing)" if after_preprocessing else "X"
+    if len(shape) < 2:
+        got = "a scalar" if not shape else f"a 1-D array of shape {shape}"
+        raise ValueError(
+            f"{what} must be 2-D, shape (n_samples, n_features); got {got}. Reshape your data: "
+            f"X.reshape(1, -1) for a single sample, X.reshape(-1, 1) for a single feature."
+        )
+    if shape[0] == 0:
+        raise ValueError(f"{what} is empty: at least one sample is required.")
+    if expected is not None and tuple(shape[1:]) != tuple(expected):
+        if len(shape) == 2 and len(expected) == 1:  # scikit-learn's wording
+            raise ValueError(
+                f"{what} has {shape[1]} features, but InfluenceExplainer is expecting "
+                f"{expected[0]} features as input."
+            )
+        raise ValueError(
+            f"{what} has samples of shape {tuple(shape[1:])}, but the explainer was fitted "
+            f"with samples of shape {tuple(expected)}."
+        )
+
+
+def check_input_tensor(Xt: torch.Tensor, *, after_preprocessing: bool) -> None:
+    """The net's input after conversion to its dtype must still be finite (no overflow).
+
+    The input was checked finite before the cast, so only an overflow to +-inf is possible:
+    the extremes tell, without the temporaries of an element-wise ``isfinite`` (which would
+    double the memory held for the training data in ``fit``).
+    """
+    if Xt.numel() == 0 or not Xt.dtype.is_floating_point:
+        return
+    if not (bool(torch.isfinite(Xt.amax())) and bool(torch.isfinite(Xt.amin()))):
+        what = "X (after the pipeline's preprocessing)" if after_preprocessing else "X"
+        limit = float(torch.finfo(Xt.dtype).max) if Xt.dtype.is_floating_point else None
+        raise ValueError(
+            f"{what} has values too large for the net's dtype {Xt.dtype} "
+            f"(largest finite value {limit:.3g}): they overflow to infinity. Rescale X."
+        )
+
+
+def check_net_accepts(net, Xt: torch.Tensor, *, after_preprocessing: bool) -> None:
+    """Run the net on one sample to turn a shape mismatch into a clear error at ``fit``."""
+    from ._gradients import eval_mode
+
+    try:
+        with eval_mode(net.module_, getattr(net, "criterion_", None)), torch.no_grad():
+            net.infer(Xt[:1])
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        what = "X (after the pipeline's preprocessing)" if after_preprocessing else "X"
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"The net cannot be applied to {what} of shape {tuple(Xt.shape)}: {first}. Pass "
+            f"the training data the net learned from (same number of features)."
+        ) from exc
+
+
+def train_labels(net, y: np.ndarray) -> np.ndarray:
+    """The class labels the net was trained on: its ``classes_inferred_`` when it is a subset of
+    the output indices, else the labels of the training ``y`` passed to ``fit``."""
+    labels = np.unique(y)
+    inferred = getattr(net, "classes_inferred_", None)
+    if inferred is not None:
+        inferred = np.asarray(inferred)
+        if inferred.dtype.kind in "iu" and set(labels.tolist()) <= set(inferred.tolist()):
+            return inferred
+    return labels
+
+
+def check_labels_seen(y: np.ndarray, seen: np.ndarray | None) -> None:
+    """Explaining a label the net never saw in training is not meaningful: say so."""
+    if seen is None or y.size == 0:
+        return
+    unseen = sorted(set(np.unique(y).tolist()) - set(np.asarray(seen).tolist()))
+    if unseen:
+        raise ValueError(
+            f"y holds labels the net was never trained on: {unseen[:10]}; the training labels "
+            f"are {np.asarray(seen).tolist()[:20]}."
+        )
+
+
+def check_finite_gradients(
+    G: torch.Tensor, *, what: str, offset: int = 0, rows: np.ndarray | None = None
+) -> None:
+    """Raise when per-sample loss gradients are NaN or infinite (never score with them).
+
+    Row ``i`` of ``G`` is reported as index ``rows[i]`` when given, else ``offset + i``.
+    """
+    bad = ~torch.isfinite(G).all(dim=1)
+    if bool(bad.any()):
+        local = torch.nonzero(bad).flatten().cpu().numpy()
+        rows = (local + offset if rows is None else np.asarray(rows)[local]).tolist()
+        raise ValueError(
+            f"The loss gradient of {len(rows)} {what}(s) (indices {rows[:10]}"
+            f"{'...' if len(rows) > 10 else ''}) is not finite (NaN or inf): the net's loss "
+            f"overflows there. Check X and y for extreme values, or use a float64 net."
+        )
+
+
+def check_finite_training_loss(bridge, Xt: torch.Tensor, yt: torch.Tensor) -> None:
+    """One forward pass over the training set at ``fit``: every per-sample loss must be finite."""
+    losses = bridge.losses(Xt, yt)
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise ValueError(
+            f"The net's loss is not finite on {len(rows)} training sample(s) (indices "
+            f"{rows[:10]}{'...' if len(rows) > 10 else ''}). Check X and y for extreme values; "
+            f"for a classifier with NLLLoss, the module must output probabilities (or use "
+            f"criterion=torch.nn.CrossEntropyLoss on logits)."
+        )
+
+
+def warn_zero_gradients(G: torch.Tensor, consequence: str, *, stacklevel: int = 3) -> None:
+    """Warn about points whose loss gradient is exactly zero (they get exact zeros, never 0/0)."""
+    zero = torch.nonzero(G.abs().amax(dim=1) == 0).flatten().tolist()
+    if zero:
+        warnings.warn(
+            f"{len(zero)} point(s) have a loss gradient that is exactly zero (indices "
+            f"{zero[:10]}{'...' if len(zero) > 10 else ''}); {consequence}.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+def fix_solver_seed(solver, random_state) -> None:
+    """Give a stochastic solver one integer seed, drawn once at ``fit``.
+
+    The solver keeps its own integer ``random_state``. Otherwise the seed is drawn from the
+    solver's ``RandomState`` instance, or else from the explainer's ``random_state`` (``None``:
+    numpy's global generator). Every later solve derives its chains' seeds from this one integer
+    and the repeat number only, never from the block of test points, its size or the worker
+    that solves it, so results do not depend on ``batch_size`` or on how blocks are dispatched.
+    """
+    if "random_state" not in solver.get_params(deep=False):
+        return
+    own = solver.random_state
+    if isinstance(own, Integral) and not isinstance(own, bool):
+        return
+    source = own if isinstance(own, np.random.RandomState) else random_state
+    seed = check_random_state(source).randint(np.iinfo(np.int32).max)
+    solver.set_params(random_state=int(seed))
+

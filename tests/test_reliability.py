@@ -759,3 +759,78 @@ def test_default_random_state_is_drawn_once_at_fit(small):
     solver = LiSSA(depth=5)
     InfluenceExplainer(net, solver=solver).fit(Xtr, ytr)
     assert solver.random_state is None
+
+
+# ============================================================== the candidates (pruned) path
+@pytest.fixture(scope="module")
+def pruned(small):
+    from sk_fastif.neighbors import NNDescentCandidates
+
+    net, Xtr, ytr, _, _ = small
+    return InfluenceExplainer(net, solver=Exact(damping=0.05), curvature="gauss_newton",
+                              candidates=NNDescentCandidates(n_neighbors=20, random_state=0),
+                              batch_size=16).fit(Xtr, ytr)
+
+
+@pytest.mark.parametrize("make_X, exc, match", [c[1:] for c in X_CASES if c[0] != "None"],
+                         ids=[c[0] for c in X_CASES if c[0] != "None"])
+def test_bad_X_to_a_pruned_explainer_gives_a_clear_error(small, pruned, make_X, exc, match):
+    _, _, _, Xte, yte = small
+    with pytest.raises(exc, match=match):
+        pruned.explain(make_X(Xte[:3]), k=3)
+    with pytest.raises(exc, match=match):
+        pruned.influences(make_X(Xte[:3]))
+
+
+def test_non_finite_candidate_gradients_are_reported_with_their_training_index(small, pruned,
+                                                                            monkeypatch):
+    # a training point whose gradient overflows must be named (by its index in the training
+    # set, not its position among the candidates), never scored as NaN
+    _, _, _, Xte, yte = small
+    shortlist = np.sort(pruned._shortlists(*pruned._data(Xte[:1], yte[:1])[:1], "each")[0])
+    bad = int(shortlist[7])
+    original = NetBridge.iter_gradients
+
+    def poisoned(self, X, y):
+        for sl, G in original(self, X, y):
+            G = G.clone()
+            hit = torch.nonzero((X[sl] == pruned._X_train[bad]).all(dim=1)).flatten()
+            G[hit] = float("nan")
+            yield sl, G
+
+    monkeypatch.setattr(NetBridge, "iter_gradients", poisoned)
+    with pytest.raises(ValueError, match=rf"training point\(s\) \(indices \[{bad}\]\) is not "
+                                         r"finite"):
+        pruned.influences(Xte[:1], yte[:1])
+
+
+def test_interrupted_pruned_explain_leaves_explainer_usable(small, pruned, monkeypatch):
+    net, _, _, Xte, yte = small
+    snap = _snapshot(net)
+    before = pruned.explain(Xte[:5], yte[:5], k=3)
+    # interrupted in the middle of the candidates' gradient pass
+    _interrupt_on_call(monkeypatch, NetBridge, "_per_sample", 2)
+    with pytest.raises(KeyboardInterrupt):
+        pruned.explain(Xte[:5], yte[:5], k=3)
+    _assert_unchanged(net, snap, "after interrupt")
+    monkeypatch.undo()
+    after = pruned.explain(Xte[:5], yte[:5], k=3)
+    np.testing.assert_array_equal(after.helpful_indices, before.helpful_indices)
+    np.testing.assert_array_equal(after.helpful_scores, before.helpful_scores)
+
+
+def test_pruned_results_do_not_depend_on_batch_size(small):
+    from sk_fastif.neighbors import NNDescentCandidates
+
+    net, Xtr, ytr, Xte, yte = small
+    results = []
+    for batch_size in (4, 16, 1000):
+        e = InfluenceExplainer(net, solver=LiSSA(damping=0.05, scale=5.0, depth=10,
+                                                 batch_size=16),
+                               curvature="gauss_newton", batch_size=batch_size, random_state=2,
+                               candidates=NNDescentCandidates(n_neighbors=20)).fit(Xtr, ytr)
+        results.append(e.influences(Xte[:6], yte[:6]))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.indices, results[0].indices)  # same shortlists
+        np.testing.assert_allclose(other.data, results[0].data, rtol=1e-4,
+                                   atol=1e-6 * np.abs(results[0].data).max())

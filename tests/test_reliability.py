@@ -671,17 +671,10 @@ def test_interrupted_fit_leaves_a_consistent_explainer(small, monkeypatch):
         e.fit(Xtr[:60], ytr[:60])
     _assert_unchanged(net, snap, "after interrupted fit")
     monkeypatch.undo()
-    # nothing of the first fit survives: the explainer is either not fitted, or fitted to the
-    # new data (its solver finishing its preparation on first use): never a mixture
-    fresh = InfluenceExplainer(net, solver=Exact(damping=0.05), curvature="gauss_newton",
-                               batch_size=16).fit(Xtr[:60], ytr[:60])
-    try:
-        after = e.influences(Xte[:4], yte[:4])
-    except NotFittedError:
-        assert not hasattr(e, "n_train_") or e.n_train_ == 60
-    else:
-        assert e.n_train_ == 60
-        np.testing.assert_allclose(after, fresh.influences(Xte[:4], yte[:4]), rtol=1e-6)
+    # nothing of the first fit survives, and the interrupted one marks nothing as fitted
+    with pytest.raises(NotFittedError):
+        e.influences(Xte[:4], yte[:4])
+    assert not hasattr(e, "n_train_") or e.n_train_ == 60
     np.testing.assert_allclose(e.fit(Xtr, ytr).influences(Xte[:4], yte[:4]), reference)
 
 

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_core.py
+
+# the HTML docs in docs/_build/html; SPHINXOPTS="-D plot_gallery=1" also runs the gallery examples
+SPHINXOPTS ?= -D plot_gallery=0
+docs: setup
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(PY) -m sphinx -b html $(SPHINXOPTS) docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -214,7 +214,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         Number of training points ``n``.
     n_features_in_ : int
         Number of features of ``X`` seen in :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of ``X`` seen in :meth:`fit`, when it was a DataFrame with string column
         names; later calls warn or raise when their names differ, as in scikit-learn.
     last_solve_ : SolveResult or None

@@ -18,9 +18,9 @@ Three parts, each printing markdown tables (ratios against a baseline run in the
 All times are CPU seconds of the benchmark process (``time.process_time``) with one torch thread,
 so that other jobs on a shared machine do not distort the ratios.
 
-Run: ``python benchmarks/bench_knn.py`` (10,000, 30,000 and 100,000 training rows; about 25
-minutes on two CPU cores). ``--large`` adds 1,000,000 rows (about 20 more minutes, 4 GB of memory);
-``--quick`` is a small smoke run.
+Run: ``python benchmarks/bench_knn.py`` (10,000, 30,000 and 100,000 training rows; about 30
+minutes on two CPU cores). ``--large`` adds 1,000,000 rows (about 25 more minutes, 4 GB of memory);
+``--quick`` is a small smoke run. The tables of a ``--large`` run are in docs/candidates.rst.
 """
 
 from __future__ import annotations

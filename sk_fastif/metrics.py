@@ -168,21 +168,35 @@ def _fingerprint(explainer, reference, X, y) -> str:
     )
 
 
-def _dense_influences(explainer, X, y) -> np.ndarray:
-    scores = explainer.influences(X, y)
-    if sparse.issparse(scores):
-        raise TypeError(
-            "make_influence_scorer compares full influence matrices; this explainer returns "
-            "sparse candidate scores."
-        )
-    return np.asarray(scores)
-
-
 def _reference_influences(explainer, reference, X, y) -> np.ndarray:
-    """Influences of the explainer's fitted net and training data with the reference solver."""
+    """Exhaustive influences of the explainer's fitted net and data with the reference solver."""
     ref = copy.copy(explainer)  # shares the net, gradients bridge and curvature operator
     ref.solver_ = clone(reference).prepare(explainer._op)
-    return _dense_influences(ref, X, y)
+    ref.candidates_ = None  # every training point: the truth a shortlist is judged against
+    return np.asarray(ref.influences(X, y))
+
+
+def _score_candidates(scores, reference, metric: str, k: int) -> float:
+    """Rate sparse candidate scores (each row stores its shortlist) against dense references.
+
+    Correlations are taken over each row's candidates (the solver's accuracy there);
+    ``top_k_overlap`` compares the top ``k`` among the candidates with the reference's top
+    ``k`` over all training points (pruning and solver together, what an explanation shows).
+    """
+    scores = sparse.csr_matrix(scores)
+    m = scores.shape[0]
+    kc = scores.indptr[1] - scores.indptr[0] if m else 0
+    if kc == 0 or np.any(np.diff(scores.indptr) != kc):
+        raise ValueError("expected the same number of candidates in every row of the scores.")
+    cols = scores.indices.reshape(m, kc)
+    values = scores.data.reshape(m, kc)
+    if metric == "top_k_overlap":
+        kk = min(k, kc)
+        top = np.take_along_axis(cols, np.argsort(-values, axis=1, kind="stable")[:, :kk], 1)
+        ref_top = np.argsort(-reference, axis=1, kind="stable")[:, :kk]
+        return float(np.mean([len(np.intersect1d(a, b)) / kk for a, b in zip(top, ref_top)]))
+    return influence_agreement(values, np.take_along_axis(reference, cols, axis=1),
+                               method=metric)
 
 
 class _InfluenceScorer:
@@ -241,7 +255,10 @@ class _InfluenceScorer:
     def __call__(self, estimator, X, y=None) -> float:
         explainer, Xe = _explainer_and_input(estimator, X)
         reference = self.reference_influences(estimator, X, y)
-        scores = _dense_influences(explainer, Xe, y)
+        scores = explainer.influences(Xe, y)
+        if sparse.issparse(scores):  # an explainer with candidates: its shortlists only
+            return _score_candidates(scores, reference, self.metric, self.k)
+        scores = np.asarray(scores)
         if self.metric == "top_k_overlap":
             return top_k_overlap(scores, reference, k=min(self.k, scores.shape[1]))
         return influence_agreement(scores, reference, method=self.metric)
@@ -273,7 +290,12 @@ def make_influence_scorer(
         ``"spearman"``/``"pearson"``: :func:`influence_agreement`, the mean per-test-point
         correlation of the influence rows with the reference rows. ``"top_k_overlap"``:
         :func:`top_k_overlap`, the mean fraction of the reference's ``k`` most helpful training
-        points also found by the candidate.
+        points also found by the candidate. For an explainer with ``candidates``, whose
+        ``influences`` scores each test point's shortlist only, the reference is still
+        exhaustive: the correlations are taken over each shortlist (the solver's accuracy
+        there), and ``"top_k_overlap"`` compares the ``k`` best candidates with the reference's
+        ``k`` best over all training points (pruning and solver together: use it to tune
+        ``candidates__n_neighbors``).
     reference : solver, default=Exact()
         The solver whose influences are taken as the truth (it is cloned). Its ``damping`` is
         the one compared against: match it to the candidates' damping unless you mean to tune

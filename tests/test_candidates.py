@@ -285,3 +285,53 @@ def test_pipeline_input_embedding_uses_the_transformed_features(digits):
     scores = expl.influences(Xte[:6], yte[:6])
     for i in range(6):
         assert set(scores[i].indices) == set(truth[i])
+
+
+# ------------------------------------------------------------------- scoring against a reference
+def test_influence_scorer_rates_shortlists_against_exhaustive_reference(digits, full, pruned):
+    from scipy.stats import spearmanr
+
+    from sk_fastif.metrics import make_influence_scorer
+    from sk_fastif.solvers import CG
+
+    _, _, Xte, yte = digits
+    dense = full.influences(Xte[:12], yte[:12])  # the truth: Exact over every training point
+    spearman = make_influence_scorer("spearman", reference=Exact(damping=1e-2))
+    overlap = make_influence_scorer("top_k_overlap", reference=Exact(damping=1e-2), k=10)
+    # the same solver as the reference: exact over each shortlist
+    assert spearman(pruned, Xte[:12], yte[:12]) == pytest.approx(1.0)
+    np.testing.assert_allclose(spearman.reference_influences(pruned, Xte[:12], yte[:12]), dense,
+                               rtol=1e-10, atol=1e-12)
+    # with exact scores among the candidates, the top-10 overlap is the shortlist's R@10
+    recall = candidate_recall(pruned, Xte[:12], yte[:12], top=10).recall[10]
+    assert overlap(pruned, Xte[:12], yte[:12]) == pytest.approx(recall)
+    assert recall < 1.0  # the comparison is over all training points, not the shortlist
+
+    # an approximate solver: the mean Spearman correlation over each row's candidates
+    rough = make(pruned.net_, ExactCandidates(n_neighbors=K)).set_params(
+        solver=CG(damping=1e-2, max_iter=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rough.fit(*digits[:2])
+        S = rough.influences(Xte[:12], yte[:12])
+        got = spearman(rough, Xte[:12], yte[:12])
+    expected = np.mean([spearmanr(S[i].data, dense[i, S[i].indices])[0] for i in range(12)])
+    assert got == pytest.approx(expected) and got < 0.999
+
+
+def test_grid_search_over_n_neighbors_with_the_overlap_scorer(digits, digits_mlp):
+    from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+    from sk_fastif.metrics import make_influence_scorer
+
+    Xtr, ytr, Xte, yte = digits
+    X_all, y_all = np.vstack([Xtr, Xte[:10]]), np.concatenate([ytr, yte[:10]])
+    split = PredefinedSplit([-1] * len(Xtr) + [0] * 10)
+    scorer = make_influence_scorer("top_k_overlap", reference=Exact(damping=1e-2), k=10)
+    search = GridSearchCV(make(digits_mlp, ExactCandidates(n_neighbors=5)),
+                          {"candidates__n_neighbors": [10, 100, len(Xtr)]}, cv=split,
+                          scoring=scorer, refit=False).fit(X_all, y_all)
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[2] == pytest.approx(1.0) and scores[0] <= scores[1] < 1.0
+    assert search.best_params_ == {"candidates__n_neighbors": len(Xtr)}
+    assert scorer.n_reference_computations_ == 1  # the shortlist size does not change the truth

@@ -369,21 +369,17 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             raise ValueError("X is empty: at least one sample is required.")
         after = self._pre is not None
         if not after:  # a bare net's input: its shape first, then scikit-learn's feature checks
-            _val.check_input_shape(_val._shape(X), None if reset else self._input_shape)
+            self._check_input_shape(X, reset)
         if not reset:
             self._check_input_features(X)
         Xt = X
-        if self._pre is not None:
+        if after:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 Xt = self._pre.transform(X)
+            self._check_input_shape(Xt, reset, after_preprocessing=True)
         if isinstance(Xt, torch.Tensor):
             Xt = Xt.detach().cpu().numpy()
-        shape = _val._shape(Xt)
-        _val.check_input_shape(shape, None if reset else self._input_shape,
-                               after_preprocessing=after)
-        if reset:
-            self._input_shape = shape[1:]
         try:
             Xt = check_array(Xt, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
                              input_name="X", allow_nd=True)
@@ -396,6 +392,14 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         Xt = torch.as_tensor(Xt, dtype=self.bridge_.dtype, device=self.bridge_.device)
         _val.check_input_tensor(Xt, after_preprocessing=after)
         return Xt
+
+    def _check_input_shape(self, X, reset: bool, *, after_preprocessing: bool = False) -> None:
+        """Check the net's input shape (at least 2-D, non-empty, as in ``fit``); record it there."""
+        shape = _val._shape(X)
+        _val.check_input_shape(shape, None if reset else self._input_shape,
+                               after_preprocessing=after_preprocessing)
+        if reset:
+            self._input_shape = shape[1:]
 
     def _check_input_features(self, X) -> None:
         """Check ``X``'s number of features and column names against those seen in ``fit``."""

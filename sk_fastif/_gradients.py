@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from .solvers._base import CurvatureOperator
+from ._curvature import CurvatureOperator
 
 __all__ = ["NetBridge", "eval_mode", "select_parameters"]
 

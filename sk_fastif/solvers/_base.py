@@ -7,12 +7,13 @@ with blocks of vectors) and a block of right-hand sides. It never sees the netwo
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+
+from .._curvature import CurvatureOperator
 
 
 class DivergenceError(ArithmeticError):
@@ -20,38 +21,6 @@ class DivergenceError(ArithmeticError):
 
     The message names the setting to change (``scale``, ``damping`` or ``curvature``).
     """
-
-
-@dataclass(frozen=True)
-class CurvatureOperator:
-    """Products with the curvature ``H`` of the mean training loss, without damping.
-
-    Parameters
-    ----------
-    matvec : callable
-        ``matvec(V)`` with ``V`` a tensor of shape ``(m, n_params)`` returns ``H @ V.T``
-        transposed, i.e. the ``(m, n_params)`` block of products with the curvature of the
-        **mean** loss over all ``n_samples`` training points.
-    batch_matvec : callable
-        ``batch_matvec(V, idx)`` with ``idx`` an integer ndarray of training rows returns the same
-        product for the curvature of the mean loss over those rows only (a stochastic estimate of
-        ``H``, used by LiSSA).
-    n_params : int
-        Number of parameters ``P``.
-    n_samples : int
-        Number of training points ``n``.
-    dtype : torch.dtype
-        Floating dtype of the vectors ``matvec`` accepts and returns.
-    device : torch.device
-        Device of those vectors.
-    """
-
-    matvec: Callable[[torch.Tensor], torch.Tensor]
-    batch_matvec: Callable[[torch.Tensor, np.ndarray], torch.Tensor]
-    n_params: int
-    n_samples: int
-    dtype: torch.dtype = torch.float32
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
+from torch.func import grad, jvp, vjp, vmap
 
-__all__ = ["CurvatureOperator"]
+from ._gradients import VMAP_ERRORS
+
+__all__ = ["CurvatureOperator", "CurvatureProducts"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,123 @@ class CurvatureOperator:
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fingerprint: str | None = None
+
+
+class CurvatureProducts:
+    """Products of the curvature of a net's mean loss with blocks of vectors.
+
+    Parameters
+    ----------
+    bridge : NetBridge
+        The net's loss as a function of the flat parameters (:mod:`sk_fastif._gradients`).
+    kind : {"hessian", "gauss_newton"}
+        ``"hessian"``: the exact Hessian (reverse-over-reverse). ``"gauss_newton"``: the
+        generalised Gauss-Newton matrix ``Jᵀ (∂²loss/∂out²) J``, positive semi-definite for
+        losses convex in the net's output.
+    """
+
+    def __init__(self, bridge, kind: str = "hessian") -> None:
+        self.bridge = bridge
+        self.kind = kind
+
+    def _batch_hvp(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Products of the Hessian of the mean loss over (X, y) with each row of V."""
+        b = self.bridge
+        if b.use_vmap:
+            # reverse-over-reverse: one forward/backward, then the pullback batched over V
+            # (H is symmetric, so the vector-Jacobian product of the gradient is H v)
+            try:
+                _, pullback = vjp(lambda t: grad(b.mean_loss)(t, X, y), b.theta)
+                return vmap(pullback)(V)[0]
+            except VMAP_ERRORS as exc:
+                b.disable_vmap(exc)
+        out = []
+        with torch.enable_grad():
+            t = b.theta.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(b.mean_loss(t, X, y), t, create_graph=True)
+            for v in V:
+                (hv,) = torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True)
+                out.append(hv)
+        return torch.stack(out)
+
+    def _batch_ggn(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Products of the Gauss-Newton matrix of the mean loss over (X, y) with each row of V."""
+        if self.bridge.use_vmap:
+            try:
+                return self._batch_ggn_vmap(V, X, y)
+            except VMAP_ERRORS as exc:
+                self.bridge.disable_vmap(exc)
+        return self._batch_ggn_loop(V, X, y)
+
+    def _batch_ggn_loop(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The same products, one sample and one vector at a time (fallback without vmap)."""
+        b = self.bridge
+        total = torch.zeros_like(V)
+        for xi, yi in zip(X, y):
+
+            def output(t, xi=xi):
+                return b.output(t, xi)
+
+            def loss_of(o, xi=xi, yi=yi):
+                return b.loss_of_output(o, xi, yi)
+
+            out, pullback = vjp(output, b.theta)
+            for r, v in enumerate(V):
+                _, jv = jvp(output, (b.theta,), (v,))
+                _, hjv = jvp(grad(loss_of), (out,), (jv,))
+                total[r] += pullback(hjv)[0]
+        return total / max(len(X), 1)
+
+    def _batch_ggn_vmap(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b = self.bridge
+
+        def outputs(t):
+            out = vmap(b.output, in_dims=(None, 0))(t, X)
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    "curvature='gauss_newton' needs a module returning one tensor; "
+                    f"got {type(out).__name__}. Use curvature='hessian'."
+                )
+            return out
+
+        def mean_loss_of_outputs(out):
+            return vmap(b.loss_of_output)(out, X, y).mean()
+
+        out, pullback = vjp(outputs, b.theta)
+
+        def one(v):
+            _, jv = jvp(outputs, (b.theta,), (v,))
+            _, hjv = jvp(grad(mean_loss_of_outputs), (out,), (jv,))
+            return pullback(hjv)[0]
+
+        return vmap(one)(V)
+
+    def product(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Curvature of the mean loss over (X, y), chunked over samples, times each row of V."""
+        fn = self._batch_ggn if self.kind == "gauss_newton" else self._batch_hvp
+        n = len(X)
+        total = torch.zeros_like(V)
+        with self.bridge.modes():
+            for sl in self.bridge.chunks(n):
+                w = (sl.stop - sl.start) / n
+                total += w * fn(V, X[sl], y[sl]).detach()
+        return total
+
+    def _indexed_product(self, V: torch.Tensor, idx, X: torch.Tensor, y: torch.Tensor):
+        index = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
+        return self.product(V, X[index], y[index])
+
+    def operator(self, X: torch.Tensor, y: torch.Tensor,
+                 fingerprint: str | None = None) -> CurvatureOperator:
+        """The :class:`CurvatureOperator` of the mean loss over the training data (X, y)."""
+        b = self.bridge
+        # partials of bound methods (not closures) keep the operator picklable
+        return CurvatureOperator(
+            matvec=partial(self.product, X=X, y=y),
+            batch_matvec=partial(self._indexed_product, X=X, y=y),
+            n_params=b.n_params,
+            n_samples=len(X),
+            dtype=b.dtype,
+            device=b.device,
+            fingerprint=fingerprint,
+        )

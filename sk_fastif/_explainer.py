@@ -1,148 +1,38 @@
-"""InfluenceExplainer: validation, orchestration and the public methods."""
+"""InfluenceExplainer: the scikit-learn face of the influence engine.
+
+Parameters and their constraints, the input transform, one engine call per public method and
+the wrapping of its results. The computation itself lives in :mod:`sk_fastif._engine`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import difflib
 import warnings
 from numbers import Integral
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
-from sklearn.exceptions import NotFittedError
-from sklearn.pipeline import Pipeline
-from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
-from tqdm.auto import tqdm
 
-from . import _validation as _val
+from . import _net
+from . import _ranking as ranking
+from . import _sklearn_compat as compat
+from . import _validation as val
+from ._engine import InfluenceEngine
 from ._explanation import Explanation
-from ._gradients import NetBridge, eval_mode
-from .neighbors import BaseCandidates
-from .solvers._base import BaseSolver
+from ._inputs import InputTransformer
+from ._random import fit_seeds, needs_seed, seed_selector, seed_solver
+from .metrics import candidate_recall
+from .neighbors import BaseCandidates, LowCandidateRecallWarning
+from .solvers import BaseSolver, LiSSA
 
-try:  # scikit-learn >= 1.6
-    from sklearn.frozen import FrozenEstimator
-except ImportError:  # pragma: no cover
-    FrozenEstimator = None
+__all__ = ["InfluenceExplainer"]
 
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data as _validate_data
-except ImportError:  # pragma: no cover
-
-    def _validate_data(estimator, X, **kwargs):
-        return estimator._validate_data(X, **kwargs)
-
-_CLASSIFICATION_LOSSES = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
+_PRIVATE_FIT_STATE = ("_inputs",)
 
 
-def _unwrap_frozen(est):
-    if FrozenEstimator is not None and isinstance(est, FrozenEstimator):
-        return est.estimator
-    return est
-
-
-def _split_estimator(estimator):
-    """Return (preprocessor or None, skorch net) of a net, a Pipeline or a FrozenEstimator."""
-    est = _unwrap_frozen(estimator)
-    pre = None
-    if isinstance(est, Pipeline):
-        if len(est.steps) > 1:
-            pre = est[:-1]
-        est = _unwrap_frozen(est.steps[-1][1])
-    if not isinstance(est, NeuralNet):
-        raise TypeError(
-            "estimator must be a skorch net (NeuralNetClassifier, NeuralNetBinaryClassifier, "
-            "NeuralNetRegressor or NeuralNet), a Pipeline ending in one, or a FrozenEstimator of "
-            f"either; got {type(est).__name__}."
-        )
-    return pre, est
-
-
-def _is_fitted(estimator) -> bool:
-    pre, net = _split_estimator(estimator)
-    if not getattr(net, "initialized_", False):
-        return False
-    if pre is not None:
-        try:
-            check_is_fitted(pre)
-        except NotFittedError:
-            return False
-    return True
-
-
-def _is_prefit(estimator) -> bool:
-    """Whether ``estimator`` is a fitted skorch net / pipeline (False for anything else)."""
-    try:
-        return _is_fitted(estimator)
-    except TypeError:
-        return False
-
-
-def _param_dtype(net) -> torch.dtype | None:
-    """Floating dtype of a skorch net's parameters (None if it has no floating parameter)."""
-    for p in net.module_.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return None
-
-
-def _bare_net_input(X, dtype: torch.dtype | None):
-    """``X`` as the explainer hands it to a bare skorch net: a validated array in ``dtype``.
-
-    The influence computations feed the net ``X`` as a tensor in its parameters' dtype; the
-    same conversion for ``fit``/``predict`` keeps both views of ``X`` identical (skorch itself
-    would pass a DataFrame's columns as keyword arguments and does not cast), and invalid input
-    (NaN, sparse, complex, 1-D, empty) is refused before the net is trained.
-    """
-    X = check_array(X, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
-                    allow_nd=True, input_name="X")
-    if dtype is not None:
-        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-        if X.dtype != np_dtype:
-            X = X.astype(np_dtype)
-    if not X.flags.writeable:  # e.g. a pandas copy-on-write view: torch wants writable arrays
-        X = X.copy()
-    return X
-
-
-def _numeric_target(y) -> np.ndarray:
-    """``y`` as an array: pandas converted, an object array made numeric if it can be."""
-    y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") and hasattr(y, "index") else y)
-    if y.dtype == object:
-        try:
-            y = y.astype(np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(
-                "Unknown label type: y must hold numbers (class indices for a classifier)."
-            ) from None
-    return y
-
-
-def _bare_net_target(net, y, dtype: torch.dtype | None):
-    """``y`` as the explainer hands it to a bare skorch net when training a clone of it.
-
-    Pandas becomes arrays and object arrays numeric; a classifier's labels become int64 class
-    indices (integral floats accepted) and other floating targets take ``dtype``.
-    """
-    y = _numeric_target(y)
-    classifier = not isinstance(net, NeuralNetBinaryClassifier) and (
-        isinstance(net, NeuralNetClassifier)
-        or isinstance(getattr(net, "criterion_", None), _CLASSIFICATION_LOSSES)
-    )
-    if classifier and y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        return y.astype(np.int64)
-    if dtype is not None and y.dtype.kind == "f":
-        return y.astype(torch.empty((), dtype=dtype).numpy().dtype, copy=False)
-    return y
-
-
-class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
+class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEstimator):
     """Explain a skorch net's predictions by the training points that most influenced them.
 
     For a test point ``z`` and training point ``z_j`` the influence score is
@@ -159,23 +49,19 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     Parameters
     ----------
     estimator : skorch net, Pipeline or FrozenEstimator
-        A ``NeuralNetClassifier``, ``NeuralNetBinaryClassifier``, ``NeuralNetRegressor`` (or a
-        ``NeuralNet`` with a suitable criterion), a ``Pipeline`` whose last step is such a net (the
-        earlier steps transform ``X`` before the net sees it), or a ``FrozenEstimator`` of either.
-        A fitted estimator is used as is and never modified, and clones of the explainer (as
-        :class:`~sklearn.model_selection.GridSearchCV` makes) share it rather than retrain it; an
-        unfitted one is cloned and fitted by :meth:`fit`.
+        A skorch ``NeuralNetClassifier``, ``NeuralNetBinaryClassifier``, ``NeuralNetRegressor``
+        or ``NeuralNet``, a ``Pipeline`` ending in one, or a ``FrozenEstimator`` of either. A
+        fitted one is used as is, never modified, and shared by clones of the explainer (a grid
+        search never retrains it); an unfitted one is cloned and trained by :meth:`fit`.
     solver : Exact, CG, LiSSA or None, default=None
         The inverse-Hessian-vector-product solver; ``None`` means ``LiSSA()``. Its ``damping`` is
         ``λ`` above.
     candidates : NNDescentCandidates, ExactCandidates or None, default=None
         ``None`` scores every training point. A selector from :mod:`sk_fastif.neighbors` scores
         only each test point's ``n_neighbors`` nearest training points in the net's feature
-        space (FastIF's pruning): :meth:`fit` builds the index, and :meth:`explain` and
-        :meth:`influences` compute training gradients for the candidates only (once per distinct
-        candidate of a call, however many test points share it). :meth:`influences` then returns a
-        sparse matrix. The curvature and its solver still use the whole training set. Check the
-        shortlist with :meth:`audit_candidates`.
+        space (FastIF's pruning), computing training gradients once per distinct candidate of a
+        call; :meth:`influences` then returns a sparse matrix. The curvature still uses the
+        whole training set. Check the shortlists with :meth:`audit_candidates`.
     params : list of str or None, default=None
         Parameters to differentiate: ``None`` for all trainable parameters, otherwise module names
         or parameter-name prefixes (e.g. ``["output"]`` for the last layer only, as FastIF does).
@@ -186,13 +72,13 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
     random_state : int, RandomState instance or None, default=None
-        Seeds a stochastic solver (LiSSA) whose own ``random_state`` is not an integer, a
-        candidate selector whose own ``random_state`` is None, and, when ``fit`` trains a clone
-        of an unfitted estimator, torch's random number generator for that training (within
-        :func:`torch.random.fork_rng`, so the global generator is left as it was). The solver's
-        integer seed is drawn once in :meth:`fit` (``None``: from numpy's global generator), so a
-        fitted explainer always gives the same results, whatever ``batch_size`` and whichever
-        test points are explained together; pass an int for results reproducible across runs.
+        :meth:`fit` draws one :class:`numpy.random.SeedSequence` from it (``None``: from numpy's
+        global generator) and spawns the seeds of a stochastic solver whose own
+        ``random_state`` is not an integer, of a selector whose own is None, of the audit
+        sample and, for an unfitted estimator, of its training (within
+        :func:`torch.random.fork_rng`). A fitted explainer gives the same results whatever
+        ``batch_size`` and whichever test points are explained together; an int makes them
+        reproducible across runs.
     verbose : int, default=0
         ``> 0`` shows progress bars for passes over the training set.
 
@@ -202,23 +88,26 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         The estimator used: ``estimator`` itself when it was fitted, otherwise a fitted clone.
     net_ : skorch.NeuralNet
         The net inside it.
+    engine_ : InfluenceEngine
+        The computation: gradients, curvature operator, prepared solver, training tensors.
     solver_ : BaseSolver
-        The prepared clone of ``solver``.
+        The prepared clone of ``solver`` (the engine's).
     candidates_ : BaseCandidates or None
         The fitted clone of ``candidates`` (holding the neighbour index), or None.
-    n_params_ : int
-        Number of parameters differentiated.
-    param_names_ : list of str
-        Their names.
+    task_ : Task
+        The net's task kind (classifier, binary, regressor) and target encoding.
+    seeds_ : FitSeeds
+        The seeds spawned by :meth:`fit`.
+    n_params_, param_names_ : int, list of str
+        Number and names of the parameters differentiated.
     n_train_ : int
         Number of training points ``n``.
-    n_features_in_ : int
-        Number of features of ``X`` seen in :meth:`fit`.
-    feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Column names of ``X`` seen in :meth:`fit`, when it was a DataFrame with string column
-        names; later calls warn or raise when their names differ, as in scikit-learn.
+    y_train_ : ndarray
+        The training targets.
+    n_features_in_, feature_names_in_ : int, ndarray
+        Features seen in :meth:`fit` (names for a DataFrame), checked as in scikit-learn.
     last_solve_ : SolveResult or None
-        Trace of the most recent block solve (for convergence checks).
+        Trace of the most recent solve (for convergence checks).
 
     Examples
     --------
@@ -237,6 +126,7 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
     (3, 5)
     """
 
+    _is_prefit = staticmethod(_net.is_prefit)
     _parameter_constraints: dict = {
         "estimator": "no_validation",
         "solver": [BaseSolver, None],
@@ -248,18 +138,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    def __init__(
-        self,
-        estimator,
-        *,
-        solver=None,
-        candidates=None,
-        params=None,
-        curvature="hessian",
-        batch_size=256,
-        random_state=None,
-        verbose=0,
-    ):
+    def __init__(self, estimator, *, solver=None, candidates=None, params=None,
+                 curvature="hessian", batch_size=256, random_state=None, verbose=0):
         self.estimator = estimator
         self.solver = solver
         self.candidates = candidates
@@ -285,220 +165,88 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         self : InfluenceExplainer
         """
         self._validate_params()
-        _val.check_constructor_args(self)
-        _val.discard_fit(self)
-        pre, _ = _split_estimator(self.estimator)  # raises TypeError for non-skorch estimators
-        _val.check_fit_data(X, y, has_preprocessor=pre is not None)
+        val.check_constructor_args(self)
+        compat.discard_fit(self, _PRIVATE_FIT_STATE)
+        pre, _ = _net.split_estimator(self.estimator)  # TypeError for non-skorch estimators
+        val.check_fit_data(X, y, has_preprocessor=pre is not None)
         if not isinstance(y, torch.Tensor):
-            y = _numeric_target(y)
-        if _is_fitted(self.estimator):
+            y = _net.numeric_target(y)
+        solver = LiSSA() if self.solver is None else self.solver
+        seeds = fit_seeds(self.random_state, needed=needs_seed(solver))
+        if _net.is_fitted(self.estimator):
             fitted = self.estimator
         else:
-            if FrozenEstimator is not None and isinstance(self.estimator, FrozenEstimator):
-                raise NotFittedError(
-                    "The FrozenEstimator wraps an unfitted net: fit the net before freezing it."
-                )
-            fitted = clone(self.estimator)
-            with contextlib.ExitStack() as stack:
-                if self.random_state is not None:
-                    # seed torch for this training only (initialisation, shuffling, dropout)
-                    stack.enter_context(torch.random.fork_rng())
-                    rng = check_random_state(self.random_state)
-                    torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-                if isinstance(fitted, NeuralNet):
-                    # initialize + partial_fit is skorch's fit; initializing first gives the dtype
-                    fitted.initialize()
-                    dtype = _param_dtype(fitted)
-                    fitted.partial_fit(_bare_net_input(X, dtype),
-                                       _bare_net_target(fitted, y, dtype))
-                else:
-                    fitted.fit(X, y)
+            fitted = _net.fit_clone(self.estimator, X, y, seeds.training if seeds.seeded else None)
         self.fitted_estimator_ = fitted
-        self._pre, self.net_ = _split_estimator(fitted)
+        pre, self.net_ = _net.split_estimator(fitted)
         # n_features_in_ and, for a DataFrame with string column names, feature_names_in_
-        _validate_data(self, X, reset=True, skip_check_array=True)
+        compat.validate_data(self, X, reset=True, skip_check_array=True)
 
-        self.bridge_ = NetBridge(self.net_, self.params, self.curvature, self.batch_size)
-        Xt = self._transform(X, reset=True)
-        _val.check_net_accepts(self.net_, Xt, after_preprocessing=self._pre is not None)
-        yt = self._check_y(y, Xt)
-        _val.check_finite_training_loss(self.bridge_, Xt, yt)
-        if self._is_classifier():
-            self._train_labels = _val.train_labels(self.net_, yt.cpu().numpy())
-        self._X_train, self._y_train = Xt, yt
+        dtype, device = _net.param_dtype(self.net_) or torch.float32, _net.param_device(self.net_)
+        self._inputs = InputTransformer(pre, dtype, device)
+        Xt = self._inputs.fit_transform(X)
+        _net.check_net_accepts(self.net_, Xt, after_preprocessing=pre is not None)
+        task = _net.Task.from_net(self.net_, Xt)
+        yt = task.encode(y, len(Xt))
+        self.task_ = task.with_train_labels(self.net_, yt)
         self.y_train_ = np.asarray(y)
-        self.n_train_ = len(Xt)
-        self.n_params_ = self.bridge_.n_params
-        self.param_names_ = list(self.bridge_.selected)
-
-        solver = self.solver
-        if solver is None:
-            from .solvers import LiSSA
-
-            solver = LiSSA()
-        self.solver_ = clone(solver)
-        _val.fix_solver_seed(self.solver_, self.random_state)
-        self._op = self.bridge_.operator(Xt, yt)
+        self.solver_ = seed_solver(clone(solver), seeds)
+        engine = InfluenceEngine.from_net(
+            self.net_, Xt, yt, params=self.params, curvature=self.curvature,
+            batch_size=self.batch_size, solver=self.solver_, verbose=self.verbose)
         try:
-            self.solver_.prepare(self._op)
+            engine.prepare()
         except ValueError as exc:  # an invalid solver setting: say which object holds it
             raise ValueError(f"solver={solver!r}: {exc}") from exc
+        self.engine_ = engine
+        self.n_train_, self.n_params_ = engine.n_train, engine.n_params
+        self.param_names_ = list(engine.bridge.selected)
+        self.seeds_ = seeds
         self.last_solve_ = None
 
         selector = None
         if self.candidates is not None:
-            selector = clone(self.candidates)
-            if "random_state" in selector.get_params() and selector.random_state is None:
-                if self.random_state is not None:
-                    seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-                    selector.set_params(random_state=int(seed))
-            selector.fit(self.net_, Xt)
+            selector = seed_selector(clone(self.candidates), seeds).fit(self.net_, Xt)
         # set last: an interrupted fit leaves the explainer not fitted (see _check_fitted)
         self.candidates_ = selector
         return self
 
-    # ============================================================================= validation
+    # ================================================================================== inputs
     def _check_fitted(self):
-        check_is_fitted(self, ["bridge_", "solver_", "candidates_"])
+        check_is_fitted(self, ["engine_", "solver_", "candidates_"])
 
-    def _transform(self, X, reset: bool = False) -> torch.Tensor:
-        """Apply the pipeline's preprocessing and return the net's input as a tensor."""
-        if X is None:
-            raise ValueError("X is required.")
-        if _val._n_samples(X, "X") == 0:
-            raise ValueError("X is empty: at least one sample is required.")
-        after = self._pre is not None
-        if not after:  # a bare net's input: its shape first, then scikit-learn's feature checks
-            self._check_input_shape(X, reset)
-        if not reset:
-            self._check_input_features(X)
-        Xt = X
-        if after:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                Xt = self._pre.transform(X)
-            self._check_input_shape(Xt, reset, after_preprocessing=True)
-        if isinstance(Xt, torch.Tensor):
-            Xt = Xt.detach().cpu().numpy()
-        try:
-            Xt = check_array(Xt, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
-                             input_name="X", allow_nd=True)
-        except ValueError as exc:  # name the argument in scikit-learn's messages that do not
-            if "X" in str(exc):
-                raise
-            raise ValueError(f"Invalid X: {exc}") from exc
-        if not Xt.flags.writeable:  # e.g. a pandas copy-on-write view: torch wants writable
-            Xt = Xt.copy()
-        Xt = torch.as_tensor(Xt, dtype=self.bridge_.dtype, device=self.bridge_.device)
-        _val.check_input_tensor(Xt, after_preprocessing=after)
-        return Xt
+    def _check_features(self, X) -> None:
+        compat.validate_data(self, X, reset=False, skip_check_array=True)
 
-    def _check_input_shape(self, X, reset: bool, *, after_preprocessing: bool = False) -> None:
-        """Check the net's input shape (at least 2-D, non-empty, as in ``fit``); record it there."""
-        shape = _val._shape(X)
-        _val.check_input_shape(shape, None if reset else self._input_shape,
-                               after_preprocessing=after_preprocessing)
-        if reset:
-            self._input_shape = shape[1:]
+    def as_engine_input(self, X, y=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X, y)`` as the engine takes them: checked, preprocessed and encoded tensors.
 
-    def _check_input_features(self, X) -> None:
-        """Check ``X``'s number of features and column names against those seen in ``fit``."""
-        _validate_data(self, X, reset=False, skip_check_array=True)
-
-    def _n_outputs(self, Xt: torch.Tensor) -> int:
-        with eval_mode(self.net_.module_), torch.no_grad():
-            out = self.net_.infer(Xt[:1])
-        if isinstance(out, tuple):
-            out = out[0]
-        return 1 if out.dim() == 1 else int(out.shape[1])
-
-    def _is_classifier(self) -> bool:
-        if isinstance(self.net_, NeuralNetBinaryClassifier):
-            return False
-        return isinstance(self.net_, NeuralNetClassifier) or isinstance(
-            getattr(self.net_, "criterion_", None), _CLASSIFICATION_LOSSES
-        )
-
-    def _check_y(self, y, Xt: torch.Tensor) -> torch.Tensor:
-        n = len(Xt)
-        y = _val.check_y_basic(y)
-        if y.shape[0] != n:
-            raise ValueError(f"y has {y.shape[0]} rows but X has {n}.")
-        device = self.bridge_.device
-        if self._is_classifier():
-            if y.ndim != 1:
-                raise ValueError(f"y must be 1-D class indices for a classifier; got {y.shape}.")
-            if y.dtype.kind == "f" and not np.all(y == np.round(y)):
-                raise ValueError("y must hold integer class indices for a classifier.")
-            n_classes = self._n_outputs(Xt)
-            if y.size and (y.min() < 0 or y.max() >= n_classes):
-                raise ValueError(
-                    f"y holds labels outside 0..{n_classes - 1}, the classes the net outputs: "
-                    f"{sorted(set(np.unique(y).tolist()) - set(range(n_classes)))}."
-                )
-            _val.check_labels_seen(y, getattr(self, "_train_labels", None))
-            return torch.as_tensor(y.astype(np.int64), device=device)
-        if isinstance(self.net_, NeuralNetBinaryClassifier):
-            if not np.all(np.isin(y, (0, 1))):
-                raise ValueError("y must hold 0/1 labels for a NeuralNetBinaryClassifier.")
-            return torch.as_tensor(y.reshape(-1), dtype=self.bridge_.dtype, device=device)
-        # regression
-        n_out = self._n_outputs(Xt)
-        if y.ndim == 1:
-            y = y.reshape(-1, 1) if n_out == 1 else y
-        if y.ndim == 2 and y.shape[1] != n_out:
-            raise ValueError(f"y has {y.shape[1]} columns but the net outputs {n_out}.")
-        return torch.as_tensor(y, dtype=self.bridge_.dtype, device=device)
-
-    def _data(self, X, y, *, allow_predicted: bool = True):
-        """Validated (Xt, yt) tensors; ``y=None`` means the predicted label."""
+        ``y=None`` gives the net's predicted labels (classifiers only). This is the input of
+        :attr:`engine_`'s methods, for computations beyond the public ones (see the
+        Architecture page of the documentation).
+        """
         self._check_fitted()
-        Xt = self._transform(X)
-        if len(Xt) == 0:
-            raise ValueError("X is empty: at least one sample is required.")
+        Xt = self._inputs.transform(X, self._check_features)
         if y is None:
-            if not allow_predicted:
-                raise ValueError("y is required here.")
-            return Xt, self._predicted_labels(Xt)
-        return Xt, self._check_y(y, Xt)
+            proba = _net.predict_proba_tensor(self.net_, Xt, self.batch_size)
+            return Xt, self.task_.predicted_labels(proba)
+        return Xt, self.task_.encode(y, len(Xt))
 
-    def _predicted_labels(self, Xt: torch.Tensor) -> torch.Tensor:
-        if not (self._is_classifier() or isinstance(self.net_, NeuralNetBinaryClassifier)):
-            raise ValueError(
-                "y=None (explain the prediction) is only defined for classifiers: for a regressor "
-                "the loss at its own prediction is zero. Pass the targets y."
-            )
-        with eval_mode(self.net_.module_), torch.no_grad():
-            out = torch.cat([self.net_.infer(Xt[s]) for s in self.bridge_._chunks(len(Xt))])
-            proba = self.net_._get_predict_nonlinearity()(out)
-        if isinstance(self.net_, NeuralNetBinaryClassifier):
-            p1 = proba[:, 1] if proba.dim() == 2 else proba
-            return (p1 > self.net_.threshold).to(self.bridge_.dtype)
-        return proba.argmax(dim=1)
+    def _factors(self, Xt, yt, query: str = "each",
+                 consequence: str = "their influence scores are all 0") -> torch.Tensor:
+        G = self.engine_.gradients(Xt, yt)
+        if query == "mean":
+            G = G.mean(dim=0, keepdim=True)
+        val.warn_zero_gradients(G, consequence, stacklevel=3)
+        res = self.engine_.factors(G)
+        self.last_solve_ = res
+        return res.solution
+
+    def _shortlists(self, Xt, query: str) -> np.ndarray:
+        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query)
+        return np.sort(indices, axis=1)
 
     # ============================================================================ computation
-    def _solve(self, G: torch.Tensor) -> torch.Tensor:
-        """iHVPs for the rows of G, solved in blocks of ``batch_size`` right-hand sides."""
-        out = []
-        for sl in self.bridge_._chunks(len(G)):
-            res = self.solver_.solve(self._op, G[sl])
-            self.last_solve_ = res
-            out.append(res.solution)
-        return torch.cat(out) if out else G.new_zeros((0, G.shape[1]))
-
-    def _warn_zero_gradients(
-        self, G: torch.Tensor, consequence: str = "their influence scores are all 0"
-    ) -> None:
-        _val.check_finite_gradients(G, what="test point")
-        _val.warn_zero_gradients(G, consequence, stacklevel=3)
-
-    def _train_gradients(self):
-        it = self.bridge_.iter_gradients(self._X_train, self._y_train)
-        if self.verbose:
-            n_chunks = -(-self.n_train_ // self.batch_size)
-            it = tqdm(it, total=n_chunks, desc="training gradients", leave=False)
-        return it
-
     def influence_factors(self, X, y=None) -> np.ndarray:
         """Return the iHVPs ``(H + λI)⁻¹ g(z)`` of the test points' loss gradients.
 
@@ -514,84 +262,19 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         -------
         factors : ndarray of shape (n_test, n_params_)
         """
-        Xt, yt = self._data(X, y)
-        G = self.bridge_.gradients(Xt, yt)
-        self._warn_zero_gradients(G, "their influence factors are 0")
-        return self._solve(G).cpu().numpy()
+        Xt, yt = self.as_engine_input(X, y)
+        return self._factors(Xt, yt, consequence="their influence factors are 0").cpu().numpy()
 
-    def _check_query(self, query: str) -> None:
-        if query not in ("each", "mean"):
-            raise ValueError(f"query must be 'each' or 'mean'; got {query!r}.")
-
-    def _query_factors(self, Xt: torch.Tensor, yt: torch.Tensor, query: str) -> torch.Tensor:
-        """iHVPs of the test gradients: one row per point, or one for the group's mean loss."""
-        G = self.bridge_.gradients(Xt, yt)
-        if query == "mean":
-            G = G.mean(dim=0, keepdim=True)
-        self._warn_zero_gradients(G)
-        return self._solve(G)
-
-    def _dense_scores(self, S: torch.Tensor) -> np.ndarray:
-        """Scores of every training point: one pass over the training gradients."""
-        out = np.empty((len(S), self.n_train_), dtype=np.float64)
-        for sl, Gtr in self._train_gradients():
-            _val.check_finite_gradients(Gtr, what="training point", offset=sl.start)
-            out[:, sl] = (S @ Gtr.T).cpu().numpy()
-        out /= self.n_train_
-        return out
-
-    def _candidate_scores(self, S: torch.Tensor, C: np.ndarray) -> np.ndarray:
-        """Scores ``(1/n) S[i] · g(C[i, j])`` of each row's candidates, shape ``C.shape``.
-
-        Training gradients are computed once for each distinct candidate of the whole call (the
-        union of the rows of ``C``), streamed in chunks of ``batch_size``. Each chunk is reduced
-        against the factors of the test points that list its rows: by one matrix product when
-        those test points share most of the chunk, otherwise pair by pair.
-        """
-        m, kc = C.shape
-        U, inv = np.unique(C.ravel(), return_inverse=True)
-        order = np.argsort(inv, kind="stable")  # (test, candidate) pairs grouped by row of U
-        pair_u = inv[order]
-        pair_row = order // kc
-        values = np.empty(m * kc, dtype=np.float64)
-        device = S.device
-        rows_u = torch.as_tensor(U, dtype=torch.long, device=self._X_train.device)
-        it = self.bridge_.iter_gradients(self._X_train[rows_u], self._y_train[rows_u])
-        if self.verbose:
-            n_chunks = -(-len(U) // self.batch_size)
-            it = tqdm(it, total=n_chunks, desc="candidate gradients", leave=False)
-        for sl, G in it:
-            _val.check_finite_gradients(G, what="training point", rows=U[sl])
-            lo, hi = np.searchsorted(pair_u, [sl.start, sl.stop])
-            pos, rows, local = order[lo:hi], pair_row[lo:hi], pair_u[lo:hi] - sl.start
-            involved = np.unique(rows)
-            if len(involved) * (sl.stop - sl.start) <= 4 * (hi - lo):
-                block = S[torch.as_tensor(involved, device=device)] @ G.T
-                r = torch.as_tensor(np.searchsorted(involved, rows), device=device)
-                c = torch.as_tensor(local, device=device)
-                values[pos] = block[r, c].cpu().numpy()
-            else:
-                for a in range(0, hi - lo, self.batch_size):
-                    b = slice(a, a + self.batch_size)
-                    r = torch.as_tensor(rows[b], device=device)
-                    c = torch.as_tensor(local[b], device=device)
-                    values[pos[b]] = (S[r] * G[c]).sum(dim=1).cpu().numpy()
-        return values.reshape(m, kc) / self.n_train_
-
-    def _shortlists(self, Xt: torch.Tensor, query: str) -> np.ndarray:
-        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query)
-        return indices
-
-    def _influences(self, Xt: torch.Tensor, yt: torch.Tensor, query: str):
-        S = self._query_factors(Xt, yt, query)
+    def _scores(self, X, y, query: str):
+        """Dense scores, or ``(values, pool)`` of each row's candidates, and the test labels."""
+        val.check_query(query)
+        Xt, yt = self.as_engine_input(X, y)
+        S = self._factors(Xt, yt, query)
+        labels = yt.cpu().numpy() if query == "each" else None
         if self.candidates_ is None:
-            return self._dense_scores(S)
-        C = np.sort(self._shortlists(Xt, query), axis=1)
-        values = self._candidate_scores(S, C)
-        m, kc = C.shape
-        return sp.csr_matrix(
-            (values.ravel(), C.ravel(), np.arange(0, m * kc + 1, kc)), shape=(m, self.n_train_)
-        )
+            return self.engine_.score_rows(S), None, labels
+        pool = self._shortlists(Xt, query)
+        return self.engine_.score_candidates(S, pool), pool, labels
 
     def influences(self, X, y=None, *, query: str = "each"):
         """Influence of the training points on each test point.
@@ -620,9 +303,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             row's ``n_neighbors`` candidates (``.indices``, sorted, explicit zeros kept); the
             other entries were **not scored**, which is not the same as a zero influence.
         """
-        self._check_query(query)
-        Xt, yt = self._data(X, y)
-        return self._influences(Xt, yt, query)
+        scores, pool, _ = self._scores(X, y, query)
+        return scores if pool is None else ranking.candidates_to_csr(scores, pool, self.n_train_)
 
     def explain(self, X, y=None, *, k: int = 10, query: str = "each") -> Explanation:
         """Most helpful and most harmful training points for each test point.
@@ -647,131 +329,45 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             prediction), ``harmful_*`` the ``k`` lowest. See :class:`Explanation`.
         """
         self._check_fitted()
-        self._check_query(query)
-        n_pool = self.n_train_ if self.candidates_ is None else self.candidates_.n_neighbors
-        if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= n_pool:
-            if self.candidates_ is not None and isinstance(k, Integral) and k > n_pool:
-                raise ValueError(
-                    f"k={k} exceeds the {n_pool} candidates scored per test point: lower k or "
-                    "raise the selector's n_neighbors."
-                )
-            bound = "n_train_" if self.candidates_ is None else "n_neighbors"
-            raise ValueError(f"k must be an integer in [1, {bound}={n_pool}]; got {k!r}.")
-        Xt, yt = self._data(X, y)
-        scores = self._influences(Xt, yt, query)
-        if self.candidates_ is None:
-            pool = None
-        else:
-            m = scores.shape[0]
-            pool = scores.indices.reshape(m, -1).astype(np.int64)
-            scores = scores.data.reshape(m, -1)
-        helpful = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        harmful = np.argsort(scores, axis=1, kind="stable")[:, :k]
-        helpful_scores = np.take_along_axis(scores, helpful, axis=1)
-        harmful_scores = np.take_along_axis(scores, harmful, axis=1)
-        if pool is not None:
-            helpful = np.take_along_axis(pool, helpful, axis=1)
-            harmful = np.take_along_axis(pool, harmful, axis=1)
-        return Explanation(
-            helpful_indices=helpful,
-            helpful_scores=helpful_scores,
-            harmful_indices=harmful,
-            harmful_scores=harmful_scores,
-            test_labels=yt.cpu().numpy() if query == "each" else None,
-            train_labels=self.y_train_,
-        )
+        val.check_query(query)
+        pruned = self.candidates_ is not None
+        k = val.check_k(k, self.candidates_.n_neighbors if pruned else self.n_train_,
+                        pruned=pruned)
+        scores, pool, labels = self._scores(X, y, query)
+        return ranking.explanation(scores, k, pool=pool, test_labels=labels,
+                                   train_labels=self.y_train_)
 
-    def _audit_scores(self, X, y) -> tuple[np.ndarray, np.ndarray]:
-        """Exhaustive scores of every training point and the candidate shortlists, for X.
-
-        Both use the same iHVPs, so comparing them measures the pruning alone.
-        """
-        self._check_fitted()
-        if self.candidates_ is None:
-            raise ValueError(
-                "the explainer has no candidates: there is no shortlist to audit. Set "
-                "candidates=NNDescentCandidates(...) and fit again."
-            )
-        Xt, yt = self._data(X, y)
-        S = self._query_factors(Xt, yt, "each")
-        return self._dense_scores(S), self._shortlists(Xt, "each")
-
-    def audit_candidates(
-        self, X, y=None, *, top=10, kind: str = "helpful", max_samples: int | None = 100,
-        min_recall: float = 0.9,
-    ):
+    def audit_candidates(self, X, y=None, *, top=10, kind: str = "helpful",
+                         max_samples: int | None = 100, min_recall: float = 0.9):
         """Measure the recall of the candidate shortlists on a sample of queries.
 
-        Scores a random sample of the test points exhaustively (every training point, with the
-        same iHVPs) and computes ``R@m``, the fraction of the true top-``m`` training points
-        that the shortlist contains (see :func:`sk_fastif.metrics.candidate_recall`). Warns
-        :class:`~sk_fastif.neighbors.LowCandidateRecallWarning` when the mean ``R@m`` falls
-        below ``min_recall``: raise the selector's ``n_neighbors`` (or try another
-        ``embedding``). Costs one pass over the training gradients.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_test, n_features)
-            Queries to audit, e.g. the test points to be explained.
-        y : array-like of shape (n_test,) or None
-            Targets; ``None`` uses the predicted labels.
-        top : int or sequence of int, default=10
-            The ``m`` of ``R@m``; each at most the selector's ``n_neighbors``.
-        kind : {"helpful", "harmful", "abs"}, default="helpful"
-            Which top list: highest scores, lowest scores or largest magnitudes.
-        max_samples : int or None, default=100
-            Audit at most this many queries, drawn at random (seeded by ``random_state``);
-            None audits all.
-        min_recall : float, default=0.9
-            Warn when a mean ``R@m`` is lower.
-
-        Returns
-        -------
-        result : sklearn.utils.Bunch
-            As :func:`~sk_fastif.metrics.candidate_recall`, plus ``sample_indices`` (the rows
-            of ``X`` audited).
+        Scores up to ``max_samples`` of the queries ``X`` (drawn with the seed spawned by
+        :meth:`fit`) exhaustively, with the same iHVPs, and computes ``R@m``, the fraction of
+        the true top-``m`` training points of ``kind`` that the shortlist holds: see
+        :func:`sk_fastif.metrics.candidate_recall` for the arguments and the result, which
+        also has ``sample_indices``. ``top`` may not exceed the selector's ``n_neighbors``.
+        Warns :class:`~sk_fastif.neighbors.LowCandidateRecallWarning` when a mean ``R@m`` is
+        below ``min_recall``: raise ``n_neighbors`` or try another ``embedding``. Costs one
+        pass over the training gradients.
         """
-        from sklearn.utils import _safe_indexing
-
-        from .metrics import candidate_recall
-        from .neighbors import LowCandidateRecallWarning
-
         self._check_fitted()
         if self.candidates_ is None:
             raise ValueError(
                 "the explainer has no candidates: there is no shortlist to audit. Set "
                 "candidates=NNDescentCandidates(...) and fit again."
             )
-        tops = [top] if isinstance(top, Integral) else list(top)
         k = self.candidates_.n_neighbors
-        if any(isinstance(m, bool) or not isinstance(m, Integral) or m > k for m in tops):
-            raise ValueError(
-                f"top must hold integers of at most n_neighbors={k}: a shortlist of {k} cannot "
-                f"hold a longer top list; got {top!r}."
-            )
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, Integral)
-            or max_samples < 1
-        ):
-            raise ValueError(
-                f"max_samples must be None or a positive integer; got {max_samples!r}."
-            )
-        n = len(X)
-        sample = np.arange(n)
-        if max_samples is not None and n > max_samples:
-            rng = check_random_state(self.random_state)
-            sample = np.sort(rng.choice(n, size=max_samples, replace=False))
-            X = _safe_indexing(X, sample)
-            y = None if y is None else _safe_indexing(y, sample)
-        result = candidate_recall(self, X, y, top=tops, kind=kind)
-        result["sample_indices"] = sample
+        tops = val.check_audit_args(top, max_samples, k)
+        result = candidate_recall(self, X, y, top=tops, kind=kind, max_samples=max_samples,
+                                  random_state=self.seeds_.audit)
         for m in tops:
             if result.recall[m] < min_recall:
                 warnings.warn(
                     f"The candidate shortlists hold only {result.recall[m]:.0%} of the true "
-                    f"top-{m} {kind} training points (mean R@{m} over {len(sample)} queries; "
-                    f"a random shortlist of {k} would hold {k / self.n_train_:.1%}). Raise the "
-                    f"selector's n_neighbors (now {k}) or try another embedding.",
+                    f"top-{m} {kind} training points (mean R@{m} over "
+                    f"{len(result.sample_indices)} queries; a random shortlist of {k} would "
+                    f"hold {k / self.n_train_:.1%}). Raise the selector's n_neighbors (now "
+                    f"{k}) or try another embedding.",
                     LowCandidateRecallWarning,
                     stacklevel=2,
                 )
@@ -800,17 +396,8 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         if X is None:
             if y is not None:
                 raise ValueError("y given without X: pass both, or neither for the training set.")
-            Xt, yt = self._X_train, self._y_train
-        else:
-            Xt, yt = self._data(X, y)
-        out = np.empty(len(Xt), dtype=np.float64)
-        it = self.bridge_.iter_gradients(Xt, yt)
-        for sl, G in it:
-            _val.check_finite_gradients(G, what="point", offset=sl.start)
-            _val.warn_zero_gradients(G, "their self-influence is 0", stacklevel=2)
-            S = self._solve(G)
-            out[sl] = (S * G).sum(dim=1).cpu().numpy()
-        return out / self.n_train_
+            return self.engine_.self_scores()
+        return self.engine_.self_scores_data(*self.as_engine_input(X, y))
 
     def score(self, X, y=None) -> float:
         """Minus the mean relative residual of the iHVPs: higher is better, 0 is exact.
@@ -836,33 +423,30 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
             ``error_score=np.nan`` (the default) then ranks the setting last, with a warning
             carrying the message; ``error_score="raise"`` stops the search.
         """
-        Xt, yt = self._data(X, y)
-        G = self.bridge_.gradients(Xt, yt)
-        self._warn_zero_gradients(G, "they are solved exactly (by 0) and left out of the score")
-        S = self._solve(G)
-        damping = float(getattr(self.solver_, "damping", 0.0))
-        R = self._op.matvec(S) + damping * S - G
-        gnorm = G.norm(dim=1)
-        keep = gnorm > 0
-        if not bool(keep.any()):
-            return 0.0
-        rel = R.norm(dim=1)[keep] / gnorm[keep]
-        return -float(rel.mean())
+        Xt, yt = self.as_engine_input(X, y)
+        G = self.engine_.gradients(Xt, yt)
+        val.warn_zero_gradients(G, "they are solved exactly (by 0) and left out of the score",
+                                stacklevel=2)
+        res = self.engine_.factors(G)
+        self.last_solve_ = res
+        rel = self.engine_.residuals(res.solution, G)
+        rel = rel[torch.isfinite(rel)]
+        return 0.0 if rel.numel() == 0 else -float(rel.mean())
 
     # ============================================================================ delegation
+    def _delegate(self, method: str, X):
+        self._check_fitted()
+        Xt = self._inputs.transform(X, self._check_features)  # as the influences see it
+        with _net.net_modes(self.net_):  # skorch switches the module and criterion modes
+            return getattr(self.net_, method)(Xt)
+
     def predict(self, X):
         """Predictions of the explained estimator."""
-        self._check_fitted()
-        Xt = self._transform(X)  # validated, preprocessed and in the net's dtype
-        with self.bridge_._modes():  # skorch switches the module and criterion modes
-            return self.net_.predict(Xt)
+        return self._delegate("predict", X)
 
     def predict_proba(self, X):
         """Class probabilities of the explained estimator."""
-        self._check_fitted()
-        Xt = self._transform(X)  # validated, preprocessed and in the net's dtype
-        with self.bridge_._modes():  # skorch switches the module and criterion modes
-            return self.net_.predict_proba(Xt)
+        return self._delegate("predict_proba", X)
 
     @property
     def classes_(self):
@@ -874,99 +458,3 @@ class InfluenceExplainer(MetaEstimatorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = True
         return tags
-
-    # ===================================================== scikit-learn cloning, params, pickling
-    def __sklearn_clone__(self):
-        """Clone every parameter except a fitted ``estimator``, which is kept by reference.
-
-        :func:`sklearn.base.clone` would return an unfitted copy of a fitted skorch net, so a
-        grid search over the explainer would retrain it (or fail). The explainer never modifies
-        a fitted estimator, so sharing it between clones is safe. An unfitted estimator is
-        cloned as usual (and :meth:`fit` trains a clone of it).
-        """
-        if not _is_prefit(self.estimator):
-            return super().__sklearn_clone__()
-        params = self.get_params(deep=False)
-        new = type(self)(
-            **{k: v if k == "estimator" else clone(v, safe=False) for k, v in params.items()}
-        )
-        for attr in ("_metadata_request", "_sklearn_output_config"):  # as sklearn's clone
-            if attr in self.__dict__:
-                setattr(new, attr, copy.deepcopy(self.__dict__[attr]))
-        return new
-
-    def set_params(self, **params):
-        """Set the parameters of this explainer, including nested ones (``solver__depth``).
-
-        Unknown names raise a ``ValueError`` that suggests the closest valid name. Nested
-        parameters of a *fitted* ``estimator`` cannot be set: it is used as is and never
-        retrained, so they would have no effect on the explanations (set them on an unfitted
-        net, which :meth:`fit` then trains).
-
-        Parameters
-        ----------
-        **params : dict
-            Explainer parameters, ``<component>__<parameter>`` for nested ones.
-
-        Returns
-        -------
-        self : InfluenceExplainer
-        """
-        if params:
-            self._check_param_names(params)
-        return super().set_params(**params)
-
-    def _check_param_names(self, params: dict) -> None:
-        own = self.get_params(deep=False)
-        valid: dict[str, list[str]] = {}
-        for name, current in own.items():
-            value = params.get(name, current)
-            valid[name] = []
-            if hasattr(value, "get_params") and not isinstance(value, type):
-                valid[name] = sorted(value.get_params(deep=True))
-        names = set(own) | {f"{n}__{sub}" for n, subs in valid.items() for sub in subs}
-        for key in params:
-            head, delim, sub = key.partition("__")
-            if delim and head == "estimator" and "estimator" not in params:
-                if _is_prefit(own["estimator"]):
-                    raise ValueError(
-                        f"Cannot set {key!r}: the explainer's estimator is fitted and is used as "
-                        "is, never retrained, so its parameters have no effect on the "
-                        "explanations. Pass an unfitted net to tune it (fit then trains a "
-                        "clone), or set the parameter on the net itself."
-                    )
-            if key in names:
-                continue
-            if delim and head in own and params.get(head, own[head]) is None:
-                hint = " (None means LiSSA())" if head == "solver" else ""
-                raise ValueError(
-                    f"Invalid parameter {key!r}: {head} is None{hint}, so it has no parameter "
-                    f"{sub!r}. Set {head} to an estimator first, e.g. "
-                    f"set_params({head}=..., {key}=...)."
-                )
-            close = difflib.get_close_matches(key, sorted(names), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            if delim and head in own:
-                listing = f"Valid parameters of {head} are: {valid[head]!r}."
-            else:
-                listing = f"Valid parameters are: {sorted(own)!r}."
-            raise ValueError(
-                f"Invalid parameter {key!r} for estimator {type(self).__name__}.{hint} {listing}"
-            )
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        solver, op = state.get("solver_"), state.get("_op")
-        if solver is not None and op is not None and solver._is_prepared_for(op):
-            # The solver drops its operator when pickled; remember that it was prepared for
-            # ours so that its factorisation / automatic scale is reused after loading, and
-            # explanations stay identical without refitting.
-            state = dict(state, _solver_was_prepared=True)
-        return state
-
-    def __setstate__(self, state):
-        prepared = state.pop("_solver_was_prepared", False)
-        super().__setstate__(state)
-        if prepared:
-            self.solver_._mark_prepared(self._op)
-

@@ -1,4 +1,4 @@
-"""The skorch/torch bridge: parameter selection, per-sample gradients and curvature products.
+"""Per-sample loss gradients of a skorch net, with respect to a flat vector of parameters.
 
 Every loss goes through the net's own ``infer`` and ``get_loss`` (``training=False``) with the
 module in eval mode, so user overrides of either, and skorch's handling of ``NLLLoss`` on
@@ -8,36 +8,25 @@ with respect to a flat vector ``theta`` holding the selected parameters; the oth
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import warnings
 from collections.abc import Iterator, Sequence
-from functools import partial
 
-import numpy as np
 import torch
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, vmap
 
-from ._curvature import CurvatureOperator
+from ._net import net_modes
 
-__all__ = ["NetBridge", "eval_mode", "select_parameters"]
+__all__ = ["VMAP_ERRORS", "NetBridge", "chunks", "select_parameters"]
 
 # what torch.func raises when it cannot batch an operation of the module
-_VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
+VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
 
 
-@contextlib.contextmanager
-def eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
-    """Put modules in eval mode and restore every submodule's own ``training`` flag afterwards."""
-    saved = []
-    for module in modules:
-        if isinstance(module, torch.nn.Module):
-            saved.extend((m, m.training) for m in module.modules())
-            module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(n)`` of at most ``size`` rows."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
 
 
 def select_parameters(
@@ -89,23 +78,34 @@ class _LossModule(torch.nn.Module):
 
 
 class NetBridge:
-    """Per-sample gradients and curvature products of a fitted skorch net's loss.
+    """The loss of a fitted skorch net as a function of a flat parameter vector ``theta``.
+
+    Every loss goes through the net's own ``infer`` and ``get_loss`` (``training=False``) with the
+    module in eval mode. The selected parameters are snapshotted into ``theta`` and the others
+    (and the buffers) into ``fixed``, so the net is never modified. The per-sample pieces
+    (:meth:`output`, :meth:`loss_of_output`, :meth:`sample_loss`, :meth:`mean_loss`) are what
+    :mod:`sk_fastif._curvature` differentiates twice.
 
     Parameters
     ----------
     net : skorch.NeuralNet
-        A fitted (initialized) net. It is never modified: parameters are snapshotted.
+        A fitted (initialized) net.
     params : list of str or None
         Parameter selection, see :func:`select_parameters`.
-    curvature : {"hessian", "gauss_newton"}
-        Which curvature the operator multiplies with.
     batch_size : int
         Number of samples per vectorised chunk (memory knob).
+
+    Attributes
+    ----------
+    use_vmap : bool
+        False once :func:`torch.func.vmap` failed on the module: per-sample loops from then on.
+    batch_loss_is_mean : bool
+        Whether the net's batch loss equals the mean of its per-sample losses (checked on the
+        training data by :meth:`check_batch_loss_is_mean`); curvature products then use it.
     """
 
-    def __init__(self, net, params=None, curvature="hessian", batch_size=256) -> None:
+    def __init__(self, net, params=None, batch_size=256) -> None:
         self.net = net
-        self.curvature = curvature
         self.batch_size = int(batch_size)
         module = net.module_
         self.selected, frozen = select_parameters(module, params)
@@ -143,32 +143,32 @@ class NetBridge:
         out.update(self.fixed)
         return out
 
-    def _output(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def output(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Net output for one sample ``x`` (no batch dimension), as a batch of one."""
         return functional_call(self._wrapper, self._as_dict(theta), (x.unsqueeze(0),))
 
-    def _loss_of_output(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_of_output(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = self.net.get_loss(out, y.unsqueeze(0), X=x.unsqueeze(0), training=False)
         return loss.reshape(())
 
-    def _sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._loss_of_output(self._output(theta, x), x, y)
+    def sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_of_output(self.output(theta, x), x, y)
 
-    def _batch_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def batch_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The net's own loss on a whole batch (equal to the mean loss when reduction is mean)."""
         out = functional_call(self._wrapper, self._as_dict(theta), (X,))
         return self.net.get_loss(out, y, X=X, training=False).reshape(())
 
-    def _check_batch_loss_is_mean(self, X: torch.Tensor, y: torch.Tensor) -> None:
+    def check_batch_loss_is_mean(self, X: torch.Tensor, y: torch.Tensor) -> None:
         """Use the (faster) batch loss when it equals the mean of per-sample losses here."""
         self.batch_loss_is_mean = False
         if len(X) < 2:
             return
         rows = slice(0, min(len(X), 16))
-        with self._modes(), torch.no_grad():
+        with self.modes(), torch.no_grad():
             try:
-                whole = self._batch_loss(self.theta, X[rows], y[rows])
-                per_sample = self._mean_loss(self.theta, X[rows], y[rows])
+                whole = self.batch_loss(self.theta, X[rows], y[rows])
+                per_sample = self.mean_loss(self.theta, X[rows], y[rows])
             except (RuntimeError, ValueError, TypeError):
                 return
         if not bool(torch.isfinite(per_sample)):
@@ -181,17 +181,17 @@ class NetBridge:
             torch.allclose(whole, per_sample, rtol=1e-5, atol=1e-7 * float(per_sample.abs()))
         )
 
-    def _mean_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def mean_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if getattr(self, "batch_loss_is_mean", False):
-            return self._batch_loss(theta, X, y)
+            return self.batch_loss(theta, X, y)
         if self.use_vmap:
             try:
-                return vmap(self._sample_loss, in_dims=(None, 0, 0))(theta, X, y).mean()
-            except _VMAP_ERRORS as exc:
-                self._disable_vmap(exc)
-        return torch.stack([self._sample_loss(theta, xi, yi) for xi, yi in zip(X, y)]).mean()
+                return vmap(self.sample_loss, in_dims=(None, 0, 0))(theta, X, y).mean()
+            except VMAP_ERRORS as exc:
+                self.disable_vmap(exc)
+        return torch.stack([self.sample_loss(theta, xi, yi) for xi, yi in zip(X, y)]).mean()
 
-    def _disable_vmap(self, exc: BaseException) -> None:
+    def disable_vmap(self, exc: BaseException) -> None:
         """Switch to the per-sample loops for good, and say so once."""
         if self.use_vmap:
             first_line = (str(exc).splitlines() or [""])[0][:200]
@@ -203,34 +203,35 @@ class NetBridge:
             )
         self.use_vmap = False
 
-    def _chunks(self, n: int) -> Iterator[slice]:
-        for start in range(0, n, self.batch_size):
-            yield slice(start, min(start + self.batch_size, n))
+    def chunks(self, n: int) -> Iterator[slice]:
+        """Slices of ``range(n)`` of ``batch_size`` rows."""
+        return chunks(n, self.batch_size)
 
-    def _modes(self):
-        return eval_mode(self.net.module_, getattr(self.net, "criterion_", None))
+    def modes(self):
+        """Eval mode for the net's module and criterion, restored on exit."""
+        return net_modes(self.net)
 
     # ----------------------------------------------------------------------------- gradients
     def losses(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample losses, shape (n,)."""
         out = []
-        with self._modes(), torch.no_grad():
-            for sl in self._chunks(len(X)):
-                out.append(self._per_sample(self._sample_loss, X[sl], y[sl]))
+        with self.modes(), torch.no_grad():
+            for sl in self.chunks(len(X)):
+                out.append(self._per_sample(self.sample_loss, X[sl], y[sl]))
         return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype)
 
     def _per_sample(self, fn, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.use_vmap:
             try:
                 return vmap(fn, in_dims=(None, 0, 0))(self.theta, X, y)
-            except _VMAP_ERRORS as exc:
-                self._disable_vmap(exc)
+            except VMAP_ERRORS as exc:
+                self.disable_vmap(exc)
         return torch.stack([fn(self.theta, xi, yi) for xi, yi in zip(X, y)])
 
     def _sample_grad_loop(self, theta, x, y):
         with torch.enable_grad():
             t = theta.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self._sample_loss(t, x, y), t)
+            (g,) = torch.autograd.grad(self.sample_loss(t, x, y), t)
         return g
 
     def iter_gradients(
@@ -242,10 +243,10 @@ class NetBridge:
         never held across a ``yield``: an exception or KeyboardInterrupt in the consumer, or a
         generator that is never finished, cannot leave the user's net in eval mode.
         """
-        for sl in self._chunks(len(X)):
-            with self._modes():
+        for sl in self.chunks(len(X)):
+            with self.modes():
                 if self.use_vmap:
-                    G = self._per_sample(grad(self._sample_loss), X[sl], y[sl])
+                    G = self._per_sample(grad(self.sample_loss), X[sl], y[sl])
                 else:
                     G = torch.stack(
                         [self._sample_grad_loop(self.theta, xi, yi) for xi, yi in zip(X[sl], y[sl])]
@@ -259,101 +260,25 @@ class NetBridge:
             return torch.zeros(0, self.n_params, dtype=self.dtype, device=self.device)
         return torch.cat(blocks)
 
-    # ----------------------------------------------------------------------------- curvature
-    def _batch_hvp(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Products of the Hessian of the mean loss over (X, y) with each row of V."""
-        if self.use_vmap:
-            # reverse-over-reverse: one forward/backward, then the pullback batched over V
-            # (H is symmetric, so the vector-Jacobian product of the gradient is H v)
-            try:
-                _, pullback = vjp(lambda t: grad(self._mean_loss)(t, X, y), self.theta)
-                return vmap(pullback)(V)[0]
-            except _VMAP_ERRORS as exc:
-                self._disable_vmap(exc)
-        out = []
-        with torch.enable_grad():
-            t = self.theta.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self._mean_loss(t, X, y), t, create_graph=True)
-            for v in V:
-                (hv,) = torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True)
-                out.append(hv)
-        return torch.stack(out)
+    # ----------------------------------------------------------------------------- devices
+    def to(self, device: str | torch.device) -> NetBridge:
+        """A copy of this bridge on ``device``, over a deep copy of the net moved there.
 
-    def _batch_ggn(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Products of the Gauss-Newton matrix J^T (d2 loss / d out2) J of the mean loss."""
-        if self.use_vmap:
-            try:
-                return self._batch_ggn_vmap(V, X, y)
-            except _VMAP_ERRORS as exc:
-                self._disable_vmap(exc)
-        return self._batch_ggn_loop(V, X, y)
-
-    def _batch_ggn_loop(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The same products, one sample and one vector at a time (fallback without vmap)."""
-        total = torch.zeros_like(V)
-        for xi, yi in zip(X, y):
-
-            def output(t, xi=xi):
-                return self._output(t, xi)
-
-            def loss_of(o, xi=xi, yi=yi):
-                return self._loss_of_output(o, xi, yi)
-
-            out, pullback = vjp(output, self.theta)
-            for r, v in enumerate(V):
-                _, jv = jvp(output, (self.theta,), (v,))
-                _, hjv = jvp(grad(loss_of), (out,), (jv,))
-                total[r] += pullback(hjv)[0]
-        return total / max(len(X), 1)
-
-    def _batch_ggn_vmap(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-
-        def outputs(t):
-            out = vmap(self._output, in_dims=(None, 0))(t, X)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    "curvature='gauss_newton' needs a module returning one tensor; "
-                    f"got {type(out).__name__}. Use curvature='hessian'."
-                )
-            return out
-
-        def mean_loss_of_outputs(out):
-            return vmap(self._loss_of_output)(out, X, y).mean()
-
-        out, pullback = vjp(outputs, self.theta)
-
-        def one(v):
-            _, jv = jvp(outputs, (self.theta,), (v,))
-            _, hjv = jvp(grad(mean_loss_of_outputs), (out,), (jv,))
-            return pullback(hjv)[0]
-
-        return vmap(one)(V)
-
-    def curvature_product(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Curvature of the mean loss over (X, y), chunked over samples, times each row of V."""
-        fn = self._batch_ggn if self.curvature == "gauss_newton" else self._batch_hvp
-        n = len(X)
-        total = torch.zeros_like(V)
-        with self._modes():
-            for sl in self._chunks(n):
-                w = (sl.stop - sl.start) / n
-                total += w * fn(V, X[sl], y[sl]).detach()
-        return total
-
-    def _indexed_product(self, V: torch.Tensor, idx, X: torch.Tensor, y: torch.Tensor):
-        index = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
-        return self.curvature_product(V, X[index], y[index])
-
-    def operator(self, X: torch.Tensor, y: torch.Tensor) -> CurvatureOperator:
-        """The :class:`CurvatureOperator` of the mean training loss over (X, y)."""
-        self._check_batch_loss_is_mean(X, y)
-
-        # partials of bound methods (not closures) keep a fitted explainer picklable
-        return CurvatureOperator(
-            matvec=partial(self.curvature_product, X=X, y=y),
-            batch_matvec=partial(self._indexed_product, X=X, y=y),
-            n_params=self.n_params,
-            n_samples=len(X),
-            dtype=self.dtype,
-            device=self.device,
-        )
+        The user's net is never moved: the copy owns its own net. The parameter snapshot, the
+        selection and the flags found on the way (``use_vmap``, ``batch_loss_is_mean``) are
+        kept, so the copy computes the same functions.
+        """
+        device = torch.device(device)
+        net = copy.deepcopy(self.net)
+        net.module_.to(device)
+        criterion = getattr(net, "criterion_", None)
+        if isinstance(criterion, torch.nn.Module):
+            criterion.to(device)
+        net.device = str(device)  # skorch's ``infer`` moves its input to ``net.device``
+        new = copy.copy(self)
+        new.net = net
+        new.theta = self.theta.to(device)
+        new.fixed = {k: v.to(device) for k, v in self.fixed.items()}
+        new.device = device
+        new._wrapper = _LossModule(net)
+        return new

@@ -1,4 +1,4 @@
-"""Input checks, fitted-state handling and seeding for :class:`InfluenceExplainer`.
+"""Stateless checks of arguments and arrays, shared by the modules of the package.
 
 Every check raises ``ValueError`` or ``TypeError`` with a message that names the argument and
 says what was expected, before any array reaches torch, so that bad input never surfaces as a
@@ -12,23 +12,8 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array
 from sklearn.utils.validation import _num_samples
-
-# Fitted state of the explainer that ``fit`` discards before it starts (attributes ending in
-# ``_`` are found automatically; these are the private ones).
-_PRIVATE_FIT_STATE = ("_pre", "_op", "_X_train", "_y_train", "_train_labels", "_input_shape")
-
-
-def discard_fit(explainer) -> None:
-    """Forget a previous fit, so that a failed or interrupted ``fit`` leaves no stale mixture.
-
-    After this, an explainer whose ``fit`` was interrupted is either not fitted (its methods
-    raise ``NotFittedError``) or fully consistent.
-    """
-    for name in list(vars(explainer)):
-        if (name.endswith("_") and not name.startswith("__")) or name in _PRIVATE_FIT_STATE:
-            delattr(explainer, name)
 
 
 def check_constructor_args(explainer) -> None:
@@ -45,7 +30,7 @@ def check_constructor_args(explainer) -> None:
             )
 
 
-def _shape(X, *, strict: bool = True) -> tuple:
+def shape_of(X, *, strict: bool = True) -> tuple:
     """Shape of an array-like without converting it.
 
     A ragged nested list raises ValueError when ``strict``, else gives ``()`` (raw input of a
@@ -74,16 +59,16 @@ def check_fit_data(X, y, *, has_preprocessor: bool) -> None:
             "needs the training labels."
         )
     check_y_basic(y, name="y")
-    n_x, n_y = _n_samples(X, "X"), _n_samples(y, "y")
+    n_x, n_y = n_samples(X, "X"), n_samples(y, "y")
     if n_x != n_y:
         raise ValueError(f"X and y have inconsistent numbers of samples: X has {n_x}, y has {n_y}.")
     if n_x == 0:
         raise ValueError("X is empty: fit needs at least one training sample.")
     if not has_preprocessor:
-        check_input_shape(_shape(X), None)
+        check_input_shape(shape_of(X), None)
 
 
-def _n_samples(a, name: str) -> int:
+def n_samples(a, name: str) -> int:
     if isinstance(a, torch.Tensor):
         if a.dim() == 0:
             raise ValueError(f"{name} must be array-like with one row per sample; got a scalar.")
@@ -171,22 +156,6 @@ def check_input_tensor(Xt: torch.Tensor, *, after_preprocessing: bool) -> None:
         )
 
 
-def check_net_accepts(net, Xt: torch.Tensor, *, after_preprocessing: bool) -> None:
-    """Run the net on one sample to turn a shape mismatch into a clear error at ``fit``."""
-    from ._gradients import eval_mode
-
-    try:
-        with eval_mode(net.module_, getattr(net, "criterion_", None)), torch.no_grad():
-            net.infer(Xt[:1])
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        what = "X (after the pipeline's preprocessing)" if after_preprocessing else "X"
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ValueError(
-            f"The net cannot be applied to {what} of shape {tuple(Xt.shape)}: {first}. Pass "
-            f"the training data the net learned from (same number of features)."
-        ) from exc
-
-
 def train_labels(net, y: np.ndarray) -> np.ndarray:
     """The class labels the net was trained on: its ``classes_inferred_`` when it is a subset of
     the output indices, else the labels of the training ``y`` passed to ``fit``."""
@@ -255,21 +224,55 @@ def warn_zero_gradients(G: torch.Tensor, consequence: str, *, stacklevel: int = 
         )
 
 
-def fix_solver_seed(solver, random_state) -> None:
-    """Give a stochastic solver one integer seed, drawn once at ``fit``.
+def check_net_array(X, *, name: str = "X") -> np.ndarray:
+    """A numeric, finite, dense array (any rank >= 2 is left to the shape checks), writable."""
+    try:
+        X = check_array(X, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
+                        allow_nd=True, input_name=name)
+    except ValueError as exc:  # name the argument in scikit-learn's messages that do not
+        if name in str(exc):
+            raise
+        raise ValueError(f"Invalid {name}: {exc}") from exc
+    if not X.flags.writeable:  # e.g. a pandas copy-on-write view: torch wants writable arrays
+        X = X.copy()
+    return X
 
-    The solver keeps its own integer ``random_state``. Otherwise the seed is drawn from the
-    solver's ``RandomState`` instance, or else from the explainer's ``random_state`` (``None``:
-    numpy's global generator). Every later solve derives its chains' seeds from this one integer
-    and the repeat number only, never from the block of test points, its size or the worker
-    that solves it, so results do not depend on ``batch_size`` or on how blocks are dispatched.
-    """
-    if "random_state" not in solver.get_params(deep=False):
-        return
-    own = solver.random_state
-    if isinstance(own, Integral) and not isinstance(own, bool):
-        return
-    source = own if isinstance(own, np.random.RandomState) else random_state
-    seed = check_random_state(source).randint(np.iinfo(np.int32).max)
-    solver.set_params(random_state=int(seed))
 
+def check_query(query: str) -> None:
+    """``query`` of :meth:`influences` / :meth:`explain`."""
+    if query not in ("each", "mean"):
+        raise ValueError(f"query must be 'each' or 'mean'; got {query!r}.")
+
+
+def check_kind(kind: str) -> None:
+    """Which top list: helpful (highest scores), harmful (lowest) or abs (largest magnitude)."""
+    if kind not in ("helpful", "harmful", "abs"):
+        raise ValueError(f"kind must be 'helpful', 'harmful' or 'abs'; got {kind!r}.")
+
+
+def check_k(k, n_pool: int, *, pruned: bool) -> int:
+    """``k`` of :meth:`explain`: an integer in ``[1, n_pool]`` (the candidates, when pruned)."""
+    if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= n_pool:
+        if pruned and isinstance(k, Integral) and k > n_pool:
+            raise ValueError(
+                f"k={k} exceeds the {n_pool} candidates scored per test point: lower k or "
+                "raise the selector's n_neighbors."
+            )
+        bound = "n_neighbors" if pruned else "n_train_"
+        raise ValueError(f"k must be an integer in [1, {bound}={n_pool}]; got {k!r}.")
+    return int(k)
+
+
+def check_audit_args(top, max_samples, n_neighbors: int) -> list[int]:
+    """``top`` and ``max_samples`` of :meth:`audit_candidates`; return ``top`` as a list."""
+    tops = [top] if isinstance(top, Integral) else list(top)
+    if any(isinstance(m, bool) or not isinstance(m, Integral) or m > n_neighbors for m in tops):
+        raise ValueError(
+            f"top must hold integers of at most n_neighbors={n_neighbors}: a shortlist of "
+            f"{n_neighbors} cannot hold a longer top list; got {top!r}."
+        )
+    if max_samples is not None and (
+        isinstance(max_samples, bool) or not isinstance(max_samples, Integral) or max_samples < 1
+    ):
+        raise ValueError(f"max_samples must be None or a positive integer; got {max_samples!r}.")
+    return tops

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from numbers import Integral
 
@@ -11,7 +10,11 @@ import numpy as np
 from scipy import sparse
 from scipy.stats import kendalltau, pearsonr, spearmanr
 from sklearn.base import clone
+from sklearn.utils import _safe_indexing, check_random_state
+from sklearn.utils.validation import check_is_fitted
 
+from . import _validation as val
+from ._ranking import csr_to_candidates, top_k
 from .solvers import BaseSolver, Exact
 
 __all__ = [
@@ -96,11 +99,13 @@ def top_k_overlap(scores, reference, *, k: int = 10, kind: str = "helpful") -> f
     a, b = _check_pair(scores, reference)
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= a.shape[1]:
         raise ValueError(f"k must be an integer in [1, {a.shape[1]}]; got {k!r}.")
-    key = {"helpful": lambda s: -s, "harmful": lambda s: s, "abs": lambda s: -np.abs(s)}
-    if kind not in key:
-        raise ValueError(f"kind must be 'helpful', 'harmful' or 'abs'; got {kind!r}.")
-    top_a = np.argsort(key[kind](a), axis=1, kind="stable")[:, :k]
-    top_b = np.argsort(key[kind](b), axis=1, kind="stable")[:, :k]
+    val.check_kind(kind)
+    return _overlap(top_k(a, k, kind)[0], top_k(b, k, kind)[0])
+
+
+def _overlap(top_a: np.ndarray, top_b: np.ndarray) -> float:
+    """Mean fraction of each row of ``top_b`` found in the same row of ``top_a``."""
+    k = top_b.shape[1]
     return float(np.mean([len(np.intersect1d(x, z)) / k for x, z in zip(top_a, top_b)]))
 
 
@@ -120,60 +125,37 @@ def _explainer_and_input(estimator, X):
     """The explainer and its input: a Pipeline ending in an explainer transforms X first."""
     from sklearn.pipeline import Pipeline
 
-    from ._explainer import InfluenceExplainer
-
     if isinstance(estimator, Pipeline):
         if len(estimator.steps) > 1:
             X = estimator[:-1].transform(X)
         estimator = estimator.steps[-1][1]
-    if not isinstance(estimator, InfluenceExplainer):
+    if not (hasattr(estimator, "as_engine_input") and hasattr(estimator, "influences")):
         raise TypeError(
             "an influence scorer scores a fitted InfluenceExplainer (or a Pipeline ending in "
             f"one); got {type(estimator).__name__}."
         )
-    estimator._check_fitted()
+    check_is_fitted(estimator, "engine_")
     return estimator, X
 
 
 def _fingerprint(explainer, reference, X, y) -> str:
     """A hash of everything the reference influences depend on.
 
-    The fitted net (its type, module and criterion classes and the values of all its parameters
-    and buffers), the parameter selection, the curvature, the training data, the reference
-    solver's parameters and the query data: two explainers that differ only in their solver
-    (as the candidates of a grid search do) share it.
+    The engine's fingerprint (the fitted net's classes and parameter values, the parameter
+    selection, the curvature and the training data), the reference solver's parameters and the
+    query data: two explainers that differ only in their solver (as the candidates of a grid
+    search do) share it.
     """
-    bridge = explainer.bridge_
-    net = explainer.net_
-
-    def arr(t):
-        return t.detach().cpu().numpy()
-
-    return joblib.hash(
-        (
-            type(net).__qualname__,
-            type(net.module_).__qualname__,
-            type(getattr(net, "criterion_", None)).__qualname__,
-            bridge.selected,
-            arr(bridge.theta),
-            sorted((k, arr(v)) for k, v in bridge.fixed.items()),
-            explainer.curvature,
-            arr(explainer._X_train),
-            arr(explainer._y_train),
-            type(reference).__qualname__,
-            reference.get_params(deep=True),
-            X,
-            y,
-        )
-    )
+    return joblib.hash((explainer.engine_.fingerprint, type(reference).__qualname__,
+                        reference.get_params(deep=True), X, y))
 
 
 def _reference_influences(explainer, reference, X, y) -> np.ndarray:
     """Exhaustive influences of the explainer's fitted net and data with the reference solver."""
-    ref = copy.copy(explainer)  # shares the net, gradients bridge and curvature operator
-    ref.solver_ = clone(reference).prepare(explainer._op)
-    ref.candidates_ = None  # every training point: the truth a shortlist is judged against
-    return np.asarray(ref.influences(X, y))
+    engine = explainer.engine_.with_solver(clone(reference))
+    Xt, yt = explainer.as_engine_input(X, y)
+    # every training point: the truth a shortlist is judged against
+    return engine.score_rows(engine.factors(engine.gradients(Xt, yt)).solution)
 
 
 def _score_candidates(scores, reference, metric: str, k: int) -> float:
@@ -183,18 +165,10 @@ def _score_candidates(scores, reference, metric: str, k: int) -> float:
     ``top_k_overlap`` compares the top ``k`` among the candidates with the reference's top
     ``k`` over all training points (pruning and solver together, what an explanation shows).
     """
-    scores = sparse.csr_matrix(scores)
-    m = scores.shape[0]
-    kc = scores.indptr[1] - scores.indptr[0] if m else 0
-    if kc == 0 or np.any(np.diff(scores.indptr) != kc):
-        raise ValueError("expected the same number of candidates in every row of the scores.")
-    cols = scores.indices.reshape(m, kc)
-    values = scores.data.reshape(m, kc)
+    values, cols = csr_to_candidates(scores)
     if metric == "top_k_overlap":
-        kk = min(k, kc)
-        top = np.take_along_axis(cols, np.argsort(-values, axis=1, kind="stable")[:, :kk], 1)
-        ref_top = np.argsort(-reference, axis=1, kind="stable")[:, :kk]
-        return float(np.mean([len(np.intersect1d(a, b)) / kk for a, b in zip(top, ref_top)]))
+        kk = min(k, cols.shape[1])
+        return _overlap(top_k(values, kk, pool=cols)[0], top_k(reference, kk)[0])
     return influence_agreement(values, np.take_along_axis(reference, cols, axis=1),
                                method=metric)
 
@@ -217,7 +191,7 @@ class _InfluenceScorer:
             f"k={self.k})"
         )
 
-    def _compute_reference(self, explainer, X, y) -> np.ndarray:
+    def compute_reference(self, explainer, X, y) -> np.ndarray:
         self.n_reference_computations_ += 1
         return _reference_influences(explainer, self.reference, X, y)
 
@@ -241,7 +215,7 @@ class _InfluenceScorer:
             self._cache.move_to_end(key)
             return self._cache[key]
         if self.memory is None:
-            value = self._compute_reference(explainer, Xe, y)
+            value = self.compute_reference(explainer, Xe, y)
         else:
             memory = joblib.Memory(self.memory, verbose=0) if isinstance(
                 self.memory, str) else self.memory
@@ -265,7 +239,7 @@ class _InfluenceScorer:
 
 
 def _cached_reference(key, scorer, explainer, X, y):  # ``key`` alone is hashed by joblib.Memory
-    return scorer._compute_reference(explainer, X, y)
+    return scorer.compute_reference(explainer, X, y)
 
 
 def make_influence_scorer(
@@ -361,7 +335,8 @@ def make_influence_scorer(
     return _InfluenceScorer(metric, clone(reference), int(k), memory, int(cache_size))
 
 
-def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpful"):
+def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpful",
+                     max_samples: int | None = None, random_state=None):
     """Recall of an explainer's candidate shortlists against exhaustive scoring.
 
     For each query ``z`` of ``X``, scores every training point (the same iHVPs as the pruned
@@ -383,14 +358,20 @@ def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpfu
         The values of ``m``, each in ``[1, n_train]``.
     kind : {"helpful", "harmful", "abs"}, default="helpful"
         Rank by the highest scores, the lowest scores or the largest magnitudes.
+    max_samples : int or None, default=None
+        Measure on at most this many queries, drawn at random without replacement; None uses
+        all of ``X``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds that draw.
 
     Returns
     -------
     result : sklearn.utils.Bunch
         ``recall``: dict ``m -> mean R@m`` over the queries (float);
-        ``recall_per_query``: dict ``m -> ndarray of shape (n_test,)``;
+        ``recall_per_query``: dict ``m -> ndarray of shape (n_queries,)``;
         ``n_neighbors``: the shortlist size ``k``;
-        ``random_baseline``: ``k / n_train``, the expected ``R@m`` of a random shortlist.
+        ``random_baseline``: ``k / n_train``, the expected ``R@m`` of a random shortlist;
+        ``sample_indices``: the rows of ``X`` measured (sorted).
 
     Examples
     --------
@@ -411,9 +392,7 @@ def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpfu
     """
     from sklearn.utils import Bunch
 
-    key = {"helpful": lambda s: -s, "harmful": lambda s: s, "abs": lambda s: -np.abs(s)}
-    if kind not in key:
-        raise ValueError(f"kind must be 'helpful', 'harmful' or 'abs'; got {kind!r}.")
+    val.check_kind(kind)
     tops = [top] if isinstance(top, (int, np.integer)) else list(top)
     n_train = getattr(explainer, "n_train_", None)
     for m in tops:
@@ -421,8 +400,24 @@ def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpfu
             n_train is not None and not 1 <= m <= n_train
         ):
             raise ValueError(f"top must hold integers in [1, n_train={n_train}]; got {top!r}.")
-    scores, shortlist = explainer._audit_scores(X, y)
-    order = np.argsort(key[kind](scores), axis=1, kind="stable")
+    if getattr(explainer, "candidates_", None) is None:
+        raise ValueError(
+            "the explainer has no candidates: there is no shortlist to audit. Set "
+            "candidates=NNDescentCandidates(...) and fit again."
+        )
+    sample = np.arange(len(X))
+    if max_samples is not None and len(X) > max_samples:
+        rng = check_random_state(random_state)
+        sample = np.sort(rng.choice(len(X), size=max_samples, replace=False))
+        X = _safe_indexing(X, sample)
+        y = None if y is None else _safe_indexing(y, sample)
+    Xt, yt = explainer.as_engine_input(X, y)
+    engine = explainer.engine_
+    # the same iHVPs for the exhaustive scores and the shortlists: only the pruning is measured
+    S = engine.factors(engine.gradients(Xt, yt)).solution
+    scores = engine.score_rows(S)
+    shortlist, _ = explainer.candidates_.kneighbors(explainer.net_, Xt)
+    order, _ = top_k(scores, max(tops), kind)
     per_query = {}
     for m in tops:
         hits = [len(np.intersect1d(o[:m], c, assume_unique=True)) for o, c in zip(order, shortlist)]
@@ -433,4 +428,5 @@ def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpfu
         recall_per_query=per_query,
         n_neighbors=int(k),
         random_baseline=k / scores.shape[1],
+        sample_indices=sample,
     )

@@ -28,7 +28,7 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._gradients import eval_mode
+from ._net import eval_mode
 
 __all__ = [
     "BaseCandidates",

@@ -109,13 +109,13 @@ def test_training_gradients_only_for_the_union_of_candidates(digits, pruned, mon
     Xq = np.concatenate([Xte[:6], Xte[:6], Xte[6:9]])  # repeated queries share all candidates
     yq = np.concatenate([yte[:6], yte[:6], yte[6:9]])
     seen = []
-    original = pruned.bridge_.iter_gradients
+    original = pruned.engine_.bridge.iter_gradients
 
     def spy(X, y):
         seen.append(len(X))
         yield from original(X, y)
 
-    monkeypatch.setattr(pruned.bridge_, "iter_gradients", spy)
+    monkeypatch.setattr(pruned.engine_.bridge, "iter_gradients", spy)
     scores = pruned.influences(Xq, yq)
     union = np.unique(scores.indices)
     # the first call embeds nothing: it is the test points' own gradients

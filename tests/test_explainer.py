@@ -70,7 +70,8 @@ def test_influence_factors_reproduce_scores(digits, exact_expl):
     Xtr, ytr, Xte, yte = digits
     F = exact_expl.influence_factors(Xte[:3], yte[:3])
     assert F.shape == (3, exact_expl.n_params_)
-    G = exact_expl.bridge_.gradients(exact_expl._X_train, exact_expl._y_train).numpy()
+    G = exact_expl.engine_.bridge.gradients(exact_expl.engine_.X_train,
+                                            exact_expl.engine_.y_train).numpy()
     np.testing.assert_allclose(F @ G.T / len(Xtr), exact_expl.influences(Xte[:3], yte[:3]),
                                rtol=1e-4, atol=1e-9)
 
@@ -217,7 +218,8 @@ def test_sum_reduction_criterion_gives_per_sample_losses(digits, digits_mlp, exa
     net.initialize_criterion()
     expl = InfluenceExplainer(net, solver=Exact(damping=1e-2), curvature="gauss_newton")
     expl.fit(Xtr, ytr)
-    assert not expl.bridge_.batch_loss_is_mean and exact_expl.bridge_.batch_loss_is_mean
+    assert not expl.engine_.bridge.batch_loss_is_mean
+    assert exact_expl.engine_.bridge.batch_loss_is_mean
     np.testing.assert_allclose(expl.influences(Xte[:3], yte[:3]),
                                exact_expl.influences(Xte[:3], yte[:3]), rtol=1e-4, atol=1e-10)
 
@@ -252,6 +254,6 @@ def test_loop_fallback_gives_the_vmap_results(digits, digits_mlp, curvature):
     with pytest.warns(RuntimeWarning, match="vmap"):
         slow = InfluenceExplainer(twin, **kw).fit(Xtr, ytr)
         got = slow.influences(Xte[:2], yte[:2])
-    assert not slow.bridge_.use_vmap
+    assert not slow.engine_.bridge.use_vmap
     np.testing.assert_allclose(got, fast.influences(Xte[:2], yte[:2]), rtol=1e-4,
                                atol=1e-6 * np.abs(got).max())

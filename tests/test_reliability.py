@@ -22,6 +22,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegr
 
 from sk_fastif import InfluenceExplainer
 from sk_fastif import _validation as validation
+from sk_fastif._curvature import CurvatureProducts
 from sk_fastif._gradients import NetBridge
 from sk_fastif.solvers import (
     CG,
@@ -615,14 +616,14 @@ def _modes(net):
     [
         ("influences", NetBridge, "_per_sample", 4, Exact(damping=0.05), 16),  # gradient chunk
         ("influences", validation, "check_finite_gradients", 3, Exact(damping=0.05), 16),
-        ("influences", NetBridge, "_batch_ggn", 5, CG(damping=0.05, max_iter=6), 60),
-        ("influences", NetBridge, "_batch_ggn", 7,
+        ("influences", CurvatureProducts, "_batch_ggn", 5, CG(damping=0.05, max_iter=6), 60),
+        ("influences", CurvatureProducts, "_batch_ggn", 7,
          LiSSA(damping=0.05, scale=5.0, depth=10, batch_size=16), 60),
         # the solve of the second chunk, while the chunks' generator is suspended
-        ("self_influence", NetBridge, "_batch_ggn", 9, CG(damping=0.05, max_iter=3), 60),
+        ("self_influence", CurvatureProducts, "_batch_ggn", 9, CG(damping=0.05, max_iter=3), 60),
         ("explain", NetBridge, "_per_sample", 3, Exact(damping=0.05), 16),
-        ("influence_factors", NetBridge, "_batch_ggn", 2, CG(damping=0.05, max_iter=6), 60),
-        ("score", NetBridge, "_batch_ggn", 4, CG(damping=0.05, max_iter=3), 60),
+        ("influence_factors", CurvatureProducts, "_batch_ggn", 2, CG(damping=0.05, max_iter=6), 60),
+        ("score", CurvatureProducts, "_batch_ggn", 4, CG(damping=0.05, max_iter=3), 60),
     ],
     ids=["gradient-chunk", "between-chunks", "cg-curvature-product", "lissa-curvature-product",
          "self-influence-solve", "explain", "influence-factors", "score"],
@@ -666,7 +667,7 @@ def test_interrupted_fit_leaves_a_consistent_explainer(small, monkeypatch):
                            batch_size=16)
     reference = e.fit(Xtr, ytr).influences(Xte[:4], yte[:4])
     # refit on other data, interrupted while Exact builds the curvature matrix
-    _interrupt_on_call(monkeypatch, NetBridge, "_batch_ggn", 3)
+    _interrupt_on_call(monkeypatch, CurvatureProducts, "_batch_ggn", 3)
     with pytest.raises(KeyboardInterrupt):
         e.fit(Xtr[:60], ytr[:60])
     _assert_unchanged(net, snap, "after interrupted fit")
@@ -780,14 +781,15 @@ def test_non_finite_candidate_gradients_are_reported_with_their_training_index(s
     # a training point whose gradient overflows must be named (by its index in the training
     # set, not its position among the candidates), never scored as NaN
     _, _, _, Xte, yte = small
-    shortlist = np.sort(pruned._shortlists(*pruned._data(Xte[:1], yte[:1])[:1], "each")[0])
+    Xq, _ = pruned.as_engine_input(Xte[:1], yte[:1])
+    shortlist = np.sort(pruned.candidates_.kneighbors(pruned.net_, Xq)[0][0])
     bad = int(shortlist[7])
     original = NetBridge.iter_gradients
 
     def poisoned(self, X, y):
         for sl, G in original(self, X, y):
             G = G.clone()
-            hit = torch.nonzero((X[sl] == pruned._X_train[bad]).all(dim=1)).flatten()
+            hit = torch.nonzero((X[sl] == pruned.engine_.X_train[bad]).all(dim=1)).flatten()
             G[hit] = float("nan")
             yield sl, G
 

@@ -7,7 +7,7 @@ with blocks of vectors) and a block of right-hand sides. It never sees the netwo
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ class SolveResult:
     trace: list[float]
     n_hvp: int
     converged: bool
+    n_iter: int = 0
+    info: dict = field(default_factory=dict)
 
 
 class BaseSolver(BaseEstimator):
@@ -71,6 +73,9 @@ class BaseSolver(BaseEstimator):
     def _mark_prepared(self, op: CurvatureOperator) -> None:
         self._op = op
         self._key = self._prepare_key()
+
+    def is_prepared_for(self, op: CurvatureOperator) -> bool:
+        return self._is_prepared_for(op)
 
     def _is_prepared_for(self, op: CurvatureOperator) -> bool:
         return getattr(self, "_op", None) is op and getattr(self, "_key", None) == (

@@ -1,0 +1,131 @@
+"""The package's layout rules: imports point one way, no cycle, no reading of private names.
+
+Data flows inputs -> gradients -> curvature / iHVP -> scores -> ranking -> results, and the
+modules import only down that list: nothing imports the explainer, and no module reads another
+module's underscore attributes.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sk_fastif
+
+PACKAGE = Path(sk_fastif.__file__).parent
+MODULES = sorted(
+    ".".join(("sk_fastif",) + p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(
+        ".__init__")
+    for p in PACKAGE.rglob("*.py")
+)
+
+
+def _source(module: str) -> Path:
+    parts = module.split(".")[1:]
+    path = PACKAGE.joinpath(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _package_of(module: str) -> str:
+    return module if _source(module).name == "__init__.py" else module.rsplit(".", 1)[0]
+
+
+def _imports(module: str) -> set[str]:
+    """The sk_fastif modules that ``module`` imports, at any depth of its code."""
+    tree = ast.parse(_source(module).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _package_of(module).split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [target] + [f"{target}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n in MODULES and n != module)
+    return found
+
+
+def test_the_module_list_is_what_the_design_names():
+    for name in ("_explainer", "_sklearn_compat", "_net", "_inputs", "_validation", "_random",
+                 "_gradients", "_curvature", "_engine", "_ranking", "neighbors", "metrics",
+                 "datasets", "solvers", "solvers._base"):
+        assert f"sk_fastif.{name}" in MODULES, name
+
+
+def test_import_graph_has_no_cycle():
+    graph = {m: _imports(m) for m in MODULES}
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in graph[node]:
+            if nxt == _package_of(node) and node.startswith(nxt + "."):
+                continue  # a submodule importing its own package's names is resolved lazily
+            if state.get(nxt) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join(path + [nxt])}")
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for m in MODULES:
+        if m not in state:
+            visit(m, [m])
+
+
+def test_nothing_imports_the_explainer():
+    users = [m for m in MODULES if "sk_fastif._explainer" in _imports(m)]
+    assert users == ["sk_fastif"], users
+
+
+def test_the_engine_has_no_scikit_learn_in_it():
+    tree = ast.parse(_source("sk_fastif._engine").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(name.startswith("sklearn") for name in imported), imported
+
+
+# Underscore attributes of other libraries' objects that this package has to use; none of the
+# package's own.
+_FOREIGN_PRIVATE = {
+    "_get_predict_nonlinearity",  # skorch: the net's own predict nonlinearity
+    "_validate_params",  # scikit-learn: BaseEstimator's parameter validation, on self
+    "_validate_data",  # scikit-learn < 1.6: the shim of validate_data
+    "_metadata_request", "_sklearn_output_config",  # as sklearn.base.clone copies them
+    "_safe_indexing",  # imported from sklearn.utils, not read from a module of ours
+    "_parameter_constraints",  # scikit-learn's declared constraints, extended by subclasses
+}
+
+
+def test_no_module_reads_another_modules_private_attributes():
+    offences = []
+    for module in MODULES:
+        tree = ast.parse(_source(module).read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            attr = node.attr
+            if not attr.startswith("_") or attr.startswith("__") or attr in _FOREIGN_PRIVATE:
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls", "new", "state"):
+                continue  # an object's own attributes (``new`` is a copy of ``self``)
+            if (isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name)
+                    and owner.func.id == "type"):
+                continue  # type(self)._name
+            offences.append(f"{module}:{node.lineno}: .{attr}")
+    assert not offences, "\n".join(offences)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_imports_on_its_own(module):
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,173 @@
+"""The influence engine on its own: its scores, its copies and its pickles.
+
+An engine fitted once must answer the same from a pickle or another device, without preparing
+its solver again (counted in curvature products), and its score methods must agree with each
+other and with the explicit formula.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sk_fastif import InfluenceExplainer
+from sk_fastif._curvature import CurvatureProducts
+from sk_fastif._engine import InfluenceEngine
+from sk_fastif.solvers import CG, Exact, LiSSA
+
+
+@pytest.fixture(scope="module")
+def fitted(digits, digits_mlp):
+    Xtr, ytr, Xte, yte = digits
+    expl = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05), params=["output"],
+                              curvature="gauss_newton", batch_size=64).fit(Xtr[:200], ytr[:200])
+    return expl, Xte[:6], yte[:6]
+
+
+def _count_products(monkeypatch):
+    calls = {"n": 0}
+    original = CurvatureProducts.product
+
+    def counting(self, V, X, y):
+        calls["n"] += V.shape[0]
+        return original(self, V, X, y)
+
+    monkeypatch.setattr(CurvatureProducts, "product", counting)
+    return calls
+
+
+def _factors(engine, expl, X, y):
+    Xt, yt = expl.as_engine_input(X, y)
+    return engine.factors(engine.gradients(Xt, yt)).solution
+
+
+def test_explicit_formula(fitted):
+    expl, X, y = fitted
+    e = expl.engine_
+    S = _factors(e, expl, X, y).double()
+    G = e.bridge.gradients(e.X_train, e.y_train).double()
+    Gte = e.bridge.gradients(*expl.as_engine_input(X, y)).double()
+    # Exact: S solves (H + damping I) S = G_test, with H from the operator itself
+    H = e.op.matvec(torch.eye(e.n_params, dtype=e.op.dtype)).double()
+    np.testing.assert_allclose((S @ (H + 0.05 * torch.eye(e.n_params, dtype=H.dtype))).numpy(),
+                               Gte.numpy(), rtol=1e-3, atol=1e-6 * float(Gte.abs().max()))
+    np.testing.assert_allclose(e.score_rows(S.to(e.op.dtype)), (S @ G.T).numpy() / e.n_train,
+                               rtol=1e-4, atol=1e-9)
+
+
+def test_score_methods_agree(fitted):
+    expl, X, y = fitted
+    e = expl.engine_
+    S = _factors(e, expl, X, y)
+    dense = e.score_rows(S)
+    rows = np.array([3, 150, 7, 0, 199])
+    np.testing.assert_allclose(e.score_rows(S, rows), dense[:, rows], rtol=1e-6, atol=1e-12)
+    rng = np.random.default_rng(0)
+    C = np.sort(np.stack([rng.choice(e.n_train, 20, replace=False) for _ in range(len(S))]), 1)
+    np.testing.assert_allclose(e.score_candidates(S, C), np.take_along_axis(dense, C, 1),
+                               rtol=1e-5, atol=1e-12)
+    # training points handed in as outside data score exactly as the training rows
+    np.testing.assert_allclose(e.score_data(S, e.X_train[:30], e.y_train[:30]), dense[:, :30],
+                               rtol=1e-6, atol=1e-12)
+    # self-influence: the diagonal of the training points' scores on themselves
+    St = e.factors(e.gradients(e.X_train[:10], e.y_train[:10])).solution
+    np.testing.assert_allclose(e.self_scores(np.arange(10)), np.diag(e.score_rows(St)[:, :10]),
+                               rtol=1e-4)
+    np.testing.assert_allclose(e.self_scores()[:10], e.self_scores(np.arange(10)), rtol=1e-6)
+
+
+def test_fingerprint_depends_on_values_only(fitted, digits):
+    expl, _, _ = fitted
+    e = expl.engine_
+    assert pickle.loads(pickle.dumps(e)).fingerprint == e.fingerprint
+    assert e.to("cpu").fingerprint == e.fingerprint
+    again = InfluenceExplainer(expl.net_, solver=CG(damping=0.05), params=["output"],
+                               curvature="gauss_newton").fit(*digits[:2])
+    other = InfluenceExplainer(expl.net_, solver=Exact(damping=0.05), params=["output"],
+                               curvature="gauss_newton")
+    Xtr, ytr = digits[:2]
+    assert other.fit(Xtr[:200], ytr[:200]).engine_.fingerprint == e.fingerprint
+    assert again.engine_.fingerprint != e.fingerprint  # more training data
+    hess = InfluenceExplainer(expl.net_, solver=Exact(damping=0.05), params=["output"])
+    assert hess.fit(Xtr[:200], ytr[:200]).engine_.fingerprint != e.fingerprint
+
+
+@pytest.mark.parametrize("solver", [Exact(damping=0.05),
+                                    LiSSA(damping=0.05, depth=20, batch_size=16, random_state=0)],
+                         ids=["Exact", "LiSSA-auto-scale"])
+def test_pickled_engine_answers_the_same_without_preparing_again(fitted, solver, monkeypatch):
+    expl, X, y = fitted
+    engine = expl.engine_.with_solver(solver)
+    S = _factors(engine, expl, X, y)
+    expected = engine.score_rows(S)
+    blob = pickle.dumps(engine)
+    assert b"<lambda>" not in blob  # no closure travels
+    loaded = pickle.loads(blob)
+    assert loaded.is_prepared
+    calls = _count_products(monkeypatch)
+    res = loaded.factors(loaded.gradients(*expl.as_engine_input(X, y)))
+    # only the solve's own products: no eigendecomposition, no power iteration
+    assert calls["n"] == (0 if isinstance(solver, Exact) else 20 * len(X))
+    assert res.n_hvp == calls["n"]
+    np.testing.assert_array_equal(res.solution.numpy(), S.numpy())
+    np.testing.assert_array_equal(loaded.score_rows(res.solution), expected)
+
+
+def test_engine_pickles_small(fitted):
+    expl, _, _ = fitted
+    e = expl.engine_
+    blob = len(pickle.dumps(e))
+    data = e.X_train.numel() * e.X_train.element_size() + e.y_train.numel() * 8
+    net = len(pickle.dumps(expl.net_))
+    eig = 2 * e.n_params**2 * 8  # Exact's eigenvectors and whatever it keeps beside them
+    assert blob < data + net + eig + 200_000
+
+
+def _devices():
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    return out
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_moved_engine_answers_the_same_without_preparing_again(fitted, device, monkeypatch):
+    expl, X, y = fitted
+    e = expl.engine_
+    S = _factors(e, expl, X, y)
+    expected = e.score_rows(S)
+    moved = e.to(device)
+    assert moved.device.type == device and moved.is_prepared
+    assert moved.bridge.net is not e.bridge.net  # the user's net is never moved
+    assert next(expl.net_.module_.parameters()).device.type == "cpu"
+    calls = _count_products(monkeypatch)
+    Xt, yt = expl.as_engine_input(X, y)
+    Sm = moved.factors(moved.gradients(Xt.to(device), yt.to(device))).solution
+    assert calls["n"] == 0  # Exact: no product after prepare
+    np.testing.assert_allclose(moved.score_rows(Sm), expected, rtol=1e-5,
+                               atol=1e-7 * np.abs(expected).max())
+
+
+def test_with_solver_shares_everything_but_the_solver(fitted):
+    expl, X, y = fitted
+    e = expl.engine_
+    cg = e.with_solver(CG(damping=0.05, tol=1e-10, max_iter=500))
+    assert cg.bridge is e.bridge and cg.op is e.op and cg.solver is not e.solver
+    np.testing.assert_allclose(cg.score_rows(_factors(cg, expl, X, y)),
+                               e.score_rows(_factors(e, expl, X, y)), rtol=1e-3, atol=1e-9)
+
+
+def test_engine_built_directly_from_a_net(digits, digits_mlp):
+    Xtr, ytr, Xte, yte = digits
+    X = torch.as_tensor(Xtr[:100])
+    yt = torch.as_tensor(ytr[:100])
+    engine = InfluenceEngine.from_net(digits_mlp, X, yt, params=["output"],
+                                      curvature="gauss_newton", solver=Exact(damping=0.05))
+    engine.prepare()
+    expl = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05), params=["output"],
+                              curvature="gauss_newton").fit(Xtr[:100], ytr[:100])
+    assert engine.fingerprint == expl.engine_.fingerprint
+    G = engine.gradients(torch.as_tensor(Xte[:3]), torch.as_tensor(yte[:3]))
+    np.testing.assert_allclose(engine.score_rows(engine.factors(G).solution),
+                               expl.influences(Xte[:3], yte[:3]), rtol=1e-6)

@@ -5,9 +5,10 @@ Influence scores follow one convention everywhere:
 training point ``z_j`` were left out. Positive = helpful, negative = harmful.
 """
 
+from ._engine import InfluenceEngine
 from ._explainer import InfluenceExplainer
 from ._explanation import Explanation
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Explanation", "InfluenceExplainer", "__version__"]
+__all__ = ["Explanation", "InfluenceEngine", "InfluenceExplainer", "__version__"]

@@ -72,6 +72,23 @@ class InfluenceEngine:
     op : CurvatureOperator
         The operator the solver is prepared for (rebuilt, with the same fingerprint, when the
         engine is unpickled or moved).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetClassifier
+    >>> from sk_fastif import InfluenceEngine
+    >>> from sk_fastif.solvers import Exact
+    >>> rng = np.random.RandomState(0)
+    >>> X = torch.as_tensor(rng.randn(40, 3).astype("float32")); y = (X[:, 0] > 0).long()
+    >>> net = NeuralNetClassifier(torch.nn.Linear(3, 2), criterion=torch.nn.CrossEntropyLoss,
+    ...                           max_epochs=5, lr=0.5, train_split=None, verbose=0).fit(X, y)
+    >>> engine = InfluenceEngine.from_net(net, X, y, solver=Exact(damping=0.01)).prepare()
+    >>> S = engine.factors(engine.gradients(X[:2], y[:2])).solution  # the iHVPs
+    >>> engine.score_rows(S).shape  # their influence on every training point
+    (2, 40)
+    >>> np.allclose(engine.self_scores([0, 1]), np.diag(engine.score_rows(S)[:, :2]))
+    True
     """
 
     def __init__(self, bridge: NetBridge, curvature: str, X_train: torch.Tensor,
@@ -123,6 +140,11 @@ class InfluenceEngine:
             arr(self.X_train),
             arr(self.y_train),
         ))
+
+    def __copy__(self) -> InfluenceEngine:
+        new = object.__new__(type(self))  # shares the operator (pickling rebuilds it)
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

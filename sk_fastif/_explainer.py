@@ -169,14 +169,12 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         compat.discard_fit(self, _PRIVATE_FIT_STATE)
         pre, _ = _net.split_estimator(self.estimator)  # TypeError for non-skorch estimators
         val.check_fit_data(X, y, has_preprocessor=pre is not None)
-        if not isinstance(y, torch.Tensor):
-            y = _net.numeric_target(y)
+        y = y if isinstance(y, torch.Tensor) else _net.numeric_target(y)
         solver = LiSSA() if self.solver is None else self.solver
         seeds = fit_seeds(self.random_state, needed=needs_seed(solver))
-        if _net.is_fitted(self.estimator):
-            fitted = self.estimator
-        else:
-            fitted = _net.fit_clone(self.estimator, X, y, seeds.training if seeds.seeded else None)
+        fitted = self.estimator
+        if not _net.is_fitted(fitted):
+            fitted = _net.fit_clone(fitted, X, y, seeds.training if seeds.seeded else None)
         self.fitted_estimator_ = fitted
         pre, self.net_ = _net.split_estimator(fitted)
         # n_features_in_ and, for a DataFrame with string column names, feature_names_in_

@@ -85,7 +85,9 @@ class BaseSolver(BaseEstimator):
     it changes them only when it has to prepare (the operator or a parameter of
     :meth:`_prepare_key` changed). The one exception is :class:`LiSSA` with ``scale="auto"``:
     a divergence doubles ``scale_`` and appends to ``restarts_``, and the doubled scale is kept
-    for later solves (a refresh of the prepared state, not a diagnostic).
+    for later solves (a refresh of the prepared state, not a diagnostic). A ``random_state``
+    given as a ``RandomState`` instance advances at each solve, as in scikit-learn (the
+    parameter is the same object; pass an int for repeatable solves).
     """
 
     _parameter_constraints: dict = {}
@@ -216,7 +218,7 @@ class BaseSolver(BaseEstimator):
         """Validate the parameters against ``_parameter_constraints`` (and ``op``, if needed).
 
         Raises :class:`~sklearn.utils._param_validation.InvalidParameterError` (a ValueError and
-        a TypeError) whose message names the parameter both as ```name``` and in
+        a TypeError) whose message names the parameter both in backquotes and in
         scikit-learn's wording. A bool is refused where a number is expected. Subclasses extend
         this with checks the constraints cannot express.
         """

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import doctest
 import pickle
 import warnings
+from dataclasses import replace
+from numbers import Real
 
 import numpy as np
 import pytest
@@ -15,6 +18,12 @@ from scipy.stats import spearmanr
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Ridge
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    generate_invalid_param_val,
+    make_constraint,
+)
 
 from sk_fastif.solvers import (
     CG,
@@ -350,8 +359,13 @@ def test_lissa_numeric_scale_is_reread_at_solve():
     solver = LiSSA(scale=10.0, batch_size=60, depth=10).prepare(prob.op)
     assert solver.scale_ == 10.0 and solver.n_hvp_prepare_ == 0
     solver.set_params(scale=20.0)
-    solver.solve(prob.op, rhs())
-    assert solver.scale_ == 20.0
+    # the numeric scale is prepared state: changing it makes the solver stale...
+    assert not solver.is_prepared_for(prob.op)
+    res = solver.solve(prob.op, rhs())
+    # ...and the solve prepares again, at no cost in curvature products
+    assert solver.scale_ == 20.0 and res.info["scale"] == 20.0
+    assert solver.is_prepared_for(prob.op) and solver.n_hvp_prepare_ == 0
+    assert res.n_hvp == 10 * 8 == sum(k for _, k in prob.calls)
 
 
 @pytest.mark.parametrize("solver", [Exact(), CG(), LiSSA(batch_size=10, depth=50, random_state=0)])
@@ -359,12 +373,273 @@ def test_prepared_solver_pickles_without_operator(solver):
     prob = spd_problem()
     solver.prepare(prob.op)  # the operator holds lambdas: it must not be pickled
     clone_ = pickle.loads(pickle.dumps(solver))
-    assert solver._is_prepared_for(prob.op)  # pickling leaves the live solver untouched
-    assert not clone_._is_prepared_for(prob.op)
+    assert solver.is_prepared_for(prob.op)  # pickling leaves the live solver untouched
+    assert not clone_.is_prepared_for(prob.op)
+    # the former private name (still called by the explainer) is an alias
+    assert solver._is_prepared_for(prob.op) and not clone_._is_prepared_for(prob.op)
     G = rhs()
     a = solver.solve(prob.op, G).solution
     b = clone_.solve(prob.op, G).solution  # prepares again: the operator was dropped
     assert_close(a, b, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# The solver contract: side-effect-free solves, fingerprints, diagnostics in SolveResult
+# ----------------------------------------------------------------------------------------------
+
+
+def fingerprinted(prob, fingerprint):
+    """A new CurvatureOperator object with ``prob``'s (logged) products and a fingerprint."""
+    return replace(prob.op, fingerprint=fingerprint)
+
+
+def solver_state(solver):
+    """Deep copies of the parameters and of the instance dict (the operator by identity)."""
+    state = {k: copy.deepcopy(v) for k, v in vars(solver).items() if k != "_prepared_op"}
+    return copy.deepcopy(solver.get_params(deep=False)), state, vars(solver).get("_prepared_op")
+
+
+def assert_same(a, b, where="state"):
+    """Exact equality of nested containers of tensors, arrays and plain values."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    else:
+        assert a == b, where
+
+
+SIDE_EFFECT_FREE = [
+    Exact(damping=1e-2),
+    CG(damping=1e-2, tol=1e-8),
+    CG(damping=1e-3, max_iter=2),  # stops unconverged (warns)
+    LiSSA(damping=1e-2, batch_size=10, depth=50, n_repeats=2, random_state=0),
+    LiSSA(damping=1e-2, scale=20.0, batch_size=10, depth=50, random_state=0),
+    LiSSA(damping=1e-2, batch_size=60, depth=3000, tol=1e-6, random_state=0),
+]
+SIDE_EFFECT_FREE_IDS = ["Exact", "CG", "CG-unconverged", "LiSSA", "LiSSA-scale", "LiSSA-tol"]
+
+
+@pytest.mark.parametrize("solver", SIDE_EFFECT_FREE, ids=SIDE_EFFECT_FREE_IDS)
+def test_solve_leaves_prepared_solver_unchanged(solver):
+    prob = spd_problem()
+    solver = clone(solver).prepare(prob.op)
+    fitted = [k for k in vars(solver) if k.endswith("_") and not k.startswith("_")]
+    assert "n_hvp_prepare_" in fitted
+    before = solver_state(solver)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        first = solver.solve(prob.op, rhs())
+        assert_same(solver_state(solver), before)
+        second = solver.solve(prob.op, rhs(m=3, seed=4))
+    params, state, op = solver_state(solver)
+    assert_same(params, before[0], "params")
+    assert_same({k: state[k] for k in fitted}, {k: before[1][k] for k in fitted}, "fitted")
+    assert_same(state, before[1])
+    assert op is before[2] is prob.op
+    assert first.solution.shape == (8, 10) and second.solution.shape == (3, 10)
+
+
+def test_exact_solve_at_a_new_damping_leaves_solver_unchanged():
+    prob = indefinite_problem()
+    G = rhs(P=8)
+    with pytest.warns(IndefiniteCurvatureWarning):
+        solver = Exact(damping=1e-3).prepare(prob.op)
+    solver.set_params(damping=2e-3)  # still indefinite, not the damping prepare checked
+    before = solver_state(solver)
+    for _ in range(2):  # nothing is recorded: every solve at this damping warns
+        with pytest.warns(IndefiniteCurvatureWarning, match="damping=0.002"):
+            res = solver.solve(prob.op, G)
+        assert_same(solver_state(solver), before)
+    assert rel_err(res.solution, prob.truth(G, 2e-3)) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        Exact(damping=1e-2),
+        CG(damping=1e-2, tol=1e-10),
+        LiSSA(batch_size=10, depth=40, random_state=0),
+    ],
+    ids=["Exact", "CG", "LiSSA"],
+)
+def test_prepared_state_is_keyed_on_the_fingerprint(solver):
+    prob = spd_problem()
+    G = rhs()
+    op_a, op_b = fingerprinted(prob, "net-1"), fingerprinted(prob, "net-1")
+    assert op_a is not op_b and op_a == op_b
+    solver = clone(solver).prepare(op_a)
+    assert solver.is_prepared_for(op_b)
+    n_prepare = sum(k for _, k in prob.calls)
+    assert n_prepare == solver.n_hvp_prepare_
+    if not isinstance(solver, CG):
+        assert n_prepare > 0
+    res_b = solver.solve(op_b, G)  # another object, same values: no preparation
+    assert sum(k for _, k in prob.calls) == n_prepare + res_b.n_hvp
+    res_a = solver.solve(op_a, G)
+    assert torch.equal(res_a.solution, res_b.solution) and res_a.n_hvp == res_b.n_hvp
+    # a different fingerprint prepares again, so does an operator without one
+    op_c = fingerprinted(prob, "net-2")
+    assert not solver.is_prepared_for(op_c) and not solver.is_prepared_for(prob.op)
+    n_calls = sum(k for _, k in prob.calls)
+    res_c = solver.solve(op_c, G)
+    assert res_c.n_hvp == res_b.n_hvp + n_prepare
+    assert sum(k for _, k in prob.calls) == n_calls + res_c.n_hvp
+    assert solver.is_prepared_for(op_c) and not solver.is_prepared_for(op_a)
+
+
+def test_fingerprint_does_not_bypass_the_prepare_key():
+    prob = spd_problem()
+    op_a, op_b = fingerprinted(prob, "net-1"), fingerprinted(prob, "net-1")
+    solver = LiSSA(damping=1e-2, batch_size=10, depth=20, random_state=0).prepare(op_a)
+    solver.set_params(damping=0.5)  # the automatic scale depends on it
+    assert not solver.is_prepared_for(op_b)
+    res = solver.solve(op_b, rhs())
+    assert res.n_hvp == 20 * 8 + solver.n_hvp_prepare_ and solver.n_hvp_prepare_ > 0
+    np.testing.assert_allclose(
+        solver.scale_, LiSSA(damping=0.5, batch_size=10, random_state=0).prepare(op_a).scale_
+    )
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [Exact(damping=1e-2), CG(damping=1e-2), LiSSA(batch_size=10, depth=50, random_state=0)],
+    ids=["Exact", "CG", "LiSSA"],
+)
+def test_prepared_solver_with_fingerprint_survives_pickling(solver):
+    prob = spd_problem()
+    G = rhs()
+    solver = clone(solver).prepare(fingerprinted(prob, "net-1"))
+    expected = solver.solve(fingerprinted(prob, "net-1"), G)
+    loaded = pickle.loads(pickle.dumps(solver))
+    # the operator of another process: same values and fingerprint, products counted anew
+    other = spd_problem()
+    op = fingerprinted(other, "net-1")
+    assert loaded.is_prepared_for(op)
+    res = loaded.solve(op, G)
+    assert sum(k for _, k in other.calls) == res.n_hvp == expected.n_hvp  # no preparation
+    assert torch.equal(res.solution, expected.solution) and res.trace == expected.trace
+    fitted = [k for k in vars(solver) if k.endswith("_") and not k.startswith("_")]
+    assert_same({k: vars(loaded)[k] for k in fitted}, {k: vars(solver)[k] for k in fitted})
+    # the pickle holds no operator (it holds lambdas): only the fingerprint
+    assert "_prepared_op" not in pickle.loads(pickle.dumps(solver)).__dict__
+
+
+def test_solve_result_diagnostics():
+    prob = spd_problem()
+    G = rhs()
+    res = CG(damping=1e-2, tol=1e-10).solve(prob.op, G)
+    assert res.n_iter == len(prob.calls) == len(res.trace) > 1  # one block product each
+    with pytest.warns(ConvergenceWarning):
+        res = CG(damping=1e-3, max_iter=3).solve(prob.op, G)
+    assert res.n_iter == 3 and not res.converged
+    # an all-zero block needs no iteration
+    assert CG().solve(prob.op, torch.zeros((2, 10), dtype=torch.float64)).n_iter == 0
+    assert not hasattr(CG().prepare(prob.op), "n_iter_")  # diagnostics are not attributes
+    res = Exact(damping=1e-2).solve(prob.op, G)
+    assert res.n_iter == 0 and res.info == {}
+    solver = LiSSA(batch_size=10, depth=30, n_repeats=2, random_state=0)
+    res = solver.solve(prob.op, G)
+    assert res.info == {"scale": solver.scale_, "restarts": []}
+    assert res.n_iter == len(res.trace) == 60
+    res = LiSSA(scale=7.5, batch_size=60, depth=30).solve(prob.op, G)
+    assert res.info["scale"] == 7.5
+    # the fields added last have defaults, and the info dicts are not shared
+    a = SolveResult(solution=G, trace=[], n_hvp=0, converged=True)
+    b = SolveResult(solution=G, trace=[], n_hvp=0, converged=True)
+    assert a.n_iter == 0 and a.info == {} and a.info is not b.info
+
+
+def test_cg_cast_overflow_raises_instead_of_returning_inf():
+    # H = 1e-36 I in float32: CG's float64 solution 1e39 overflows the float32 of the result.
+    H = torch.full((3,), 1e-36, dtype=torch.float32)
+    op = CurvatureOperator(
+        matvec=lambda V: V * H,
+        batch_matvec=lambda V, idx: V * H,
+        n_params=3,
+        n_samples=1,
+        dtype=torch.float32,
+    )
+    G = torch.full((1, 3), 1e3, dtype=torch.float32)
+    with pytest.raises(DivergenceError, match="`damping`"):
+        CG(damping=0.0).solve(op, G)
+    assert torch.isfinite(CG(damping=1e-2).solve(op, G).solution).all()
+
+
+class CountingSolver(BaseSolver):
+    """A minimal solver through the template: counts its hooks, may return a NaN."""
+
+    _parameter_constraints: dict = {"damping": [Interval(Real, 0.0, None, closed="left")]}
+
+    def __init__(self, *, damping=0.0):
+        self.damping = damping
+
+    def _prepare(self, op):
+        self.n_prepared_ = getattr(self, "n_prepared_", 0) + 1
+        return 5
+
+    def _solve(self, op, G):
+        S = G / (1.0 + self.damping)
+        if self.damping == 0.0:
+            S[0, 0] = float("nan")
+        return SolveResult(solution=S, trace=[0.0], n_hvp=1, converged=True)
+
+
+def test_template_prepares_validates_and_refuses_nan():
+    prob = spd_problem()
+    solver = CountingSolver(damping=1.0)
+    res = solver.solve(prob.op, rhs(m=2))
+    assert solver.n_prepared_ == 1 and res.n_hvp == 1 + 5  # prepared first, products added
+    assert solver.solve(prob.op, rhs(m=2)).n_hvp == 1 and solver.n_prepared_ == 1
+    assert solver.prepare(prob.op) is solver and solver.n_prepared_ == 2  # always does the work
+    with pytest.raises(ValueError, match="shape"):
+        solver.solve(prob.op, rhs(m=2, P=9))
+    solver.set_params(damping=-1.0)
+    with pytest.raises(InvalidParameterError, match="`damping`"):
+        solver.solve(prob.op, rhs(m=2))
+    solver.set_params(damping=0.0)
+    with pytest.raises(DivergenceError, match="CountingSolver.*non-finite.*`damping`"):
+        solver.solve(prob.op, rhs(m=2))
+    assert solver.n_prepared_ == 2
+    with pytest.raises(TypeError, match="CurvatureOperator"):
+        solver.solve(object(), rhs(m=2))
+
+
+@pytest.mark.parametrize(
+    "solver", [Exact(), CG(), LiSSA(batch_size=10)], ids=["Exact", "CG", "LiSSA"]
+)
+def test_parameter_constraints(solver):
+    """Every parameter is declared and enforced, in scikit-learn's words and with its `name`."""
+    prob = spd_problem()
+    name_of = type(solver).__name__
+    assert set(solver._parameter_constraints) == set(solver.get_params(deep=False))
+    bad_type = type("BadType", (), {})()
+    for name, constraints in solver._parameter_constraints.items():
+        bad_values = [bad_type]
+        for constraint in map(make_constraint, constraints):
+            try:
+                bad_values.append(generate_invalid_param_val(constraint))
+            except NotImplementedError:
+                pass
+        if any(isinstance(c, Interval) for c in constraints):
+            bad_values.append(True)  # a bool is not a number here
+        for value in bad_values:
+            est = clone(solver).set_params(**{name: value})
+            match = rf"`{name}`.*The '{name}' parameter of {name_of} must be .* Got .* instead"
+            with pytest.raises(InvalidParameterError, match=match):
+                est.prepare(prob.op)
+            with pytest.raises(InvalidParameterError, match=match):
+                clone(est).solve(prob.op, rhs())
+    assert prob.calls == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,9 +767,10 @@ def test_lissa_indefinite_raises_after_restarts_with_auto_scale():
     with pytest.warns(IndefiniteCurvatureWarning):
         solver.prepare(prob.op)
     assert solver.top_eigenvalue_ < 0
-    with pytest.warns(ScaleRestartWarning):
+    with pytest.warns(ScaleRestartWarning) as restart_warnings:
         with pytest.raises(DivergenceError, match="gauss_newton") as info:
             solver.solve(prob.op, rhs(P=6))
+    assert sum(issubclass(w.category, ScaleRestartWarning) for w in restart_warnings) == 3
     assert "damping" in str(info.value) and "3 restarts" in str(info.value)
     assert len(solver.restarts_) == 3
     scales = [r["scale"] for r in solver.restarts_]
@@ -520,6 +796,10 @@ def test_lissa_auto_scale_recovers_where_fixed_scale_diverges():
     assert 1 <= len(solver.restarts_) <= 3
     assert solver.scale_ == first_scale * 2 ** len(solver.restarts_)
     assert solver.restarts_[0]["scale"] == first_scale
+    # the result reports the restarts of this solve and the scale of its estimate
+    assert res.info["restarts"] == solver.restarts_
+    assert res.info["scale"] == solver.scale_
+    assert res.n_iter == len(res.trace) == 2 * 1500
     assert torch.isfinite(res.solution).all()
     assert min_cosine(res.solution, X) > 0.95
     # The doubled scale is kept: the next solve needs no restart and gives the same result.
@@ -527,6 +807,7 @@ def test_lissa_auto_scale_recovers_where_fixed_scale_diverges():
         warnings.simplefilter("error")
         again = solver.solve(prob.op, G)
     assert_close(again.solution, res.solution)
+    assert again.info == {"scale": solver.scale_, "restarts": []}
 
 
 def test_lissa_auto_scale_rule_full_batch():

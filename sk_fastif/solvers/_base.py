@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    make_constraint,
+    validate_parameter_constraints,
+)
 
 from .._curvature import CurvatureOperator
 
@@ -35,9 +42,16 @@ class SolveResult:
         One number per iteration (the largest relative residual or relative change over the
         block, as the solver documents), so convergence can be inspected or plotted.
     n_hvp : int
-        Number of curvature-vector products spent (a block product of ``m`` vectors counts ``m``).
+        Number of curvature-vector products spent (a block product of ``m`` vectors counts ``m``),
+        including those of :meth:`BaseSolver.prepare` when the solve had to prepare.
     converged : bool
         Whether the solver's own stopping criterion was met.
+    n_iter : int, default=0
+        Iterations run: CG iterations, LiSSA recursion steps summed over the chains of the final
+        run; 0 for :class:`Exact`, which solves directly.
+    info : dict, default={}
+        Solver-specific diagnostics of this solve (LiSSA: the ``"scale"`` used and the
+        ``"restarts"`` it made), empty when the solver has none.
     """
 
     solution: torch.Tensor
@@ -45,49 +59,223 @@ class SolveResult:
     n_hvp: int
     converged: bool
     n_iter: int = 0
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class BaseSolver(BaseEstimator):
-    """Base class of the iHVP solvers: ``prepare`` once per operator, then ``solve`` blocks."""
+    """Base class of the iHVP solvers: ``prepare`` once per operator, then ``solve`` blocks.
+
+    The public methods are template methods shared by every solver; a solver implements the
+    private hooks :meth:`_prepare` (the work that does not depend on the right-hand sides, e.g.
+    a factorisation or a scale estimate) and :meth:`_solve` (one block solve), and may override
+    :meth:`_prepare_key`, :meth:`_check_params`, :meth:`_check_prepared` and
+    :meth:`_nonfinite_message`. Parameters are
+    declared in ``_parameter_constraints`` and validated at every :meth:`prepare` and
+    :meth:`solve`, before any curvature product.
+
+    Prepared state is keyed on the operator's value and on :meth:`_prepare_key`: when
+    ``op.fingerprint`` is a string the solver stores that string (not the operator), so it is
+    prepared for any operator with the same fingerprint, also after pickling; when it is
+    ``None`` the solver holds the operator itself, is prepared only for that object, and drops
+    it when pickled (an unpickled solver prepares again). :meth:`solve` prepares first whenever
+    :meth:`is_prepared_for` is False.
+
+    After :meth:`prepare`, a :meth:`solve` leaves :meth:`get_params` and the fitted attributes
+    (names ending in ``_``) as they were and returns its diagnostics in :class:`SolveResult`;
+    it changes them only when it has to prepare (the operator or a parameter of
+    :meth:`_prepare_key` changed). The one exception is :class:`LiSSA` with ``scale="auto"``:
+    a divergence doubles ``scale_`` and appends to ``restarts_``, and the doubled scale is kept
+    for later solves (a refresh of the prepared state, not a diagnostic). A ``random_state``
+    given as a ``RandomState`` instance advances at each solve, as in scikit-learn (the
+    parameter is the same object; pass an int for repeatable solves).
+    """
+
+    _parameter_constraints: dict = {}
+
+    # ------------------------------------------------------------------------------------------
+    # Public template methods.
+    # ------------------------------------------------------------------------------------------
 
     def prepare(self, op: CurvatureOperator) -> BaseSolver:
         """Do the work that does not depend on the right-hand sides (factorise, estimate scale).
 
-        Called once by :meth:`InfluenceExplainer.fit`; returns self.
+        Validates the operator and the parameters first (before any curvature product), and
+        always does the work, even when already prepared for ``op``. Called once by
+        :meth:`InfluenceExplainer.fit`.
+
+        Parameters
+        ----------
+        op : CurvatureOperator
+            The curvature of the mean training loss.
+
+        Returns
+        -------
+        self : BaseSolver
+            The solver, with its fitted attributes set (``n_hvp_prepare_`` and the solver's own).
         """
+        _check_operator(op)
+        self._check_params(op)
+        self._forget_preparation()
+        self.n_hvp_prepare_ = int(self._prepare(op))
+        self._mark_prepared(op)
+        self._check_prepared(op)
         return self
 
+    def is_prepared_for(self, op: CurvatureOperator) -> bool:
+        """Whether :meth:`solve` can use the work of the last :meth:`prepare` for ``op``.
+
+        Parameters
+        ----------
+        op : CurvatureOperator
+            An operator.
+
+        Returns
+        -------
+        bool
+            True when the solver was prepared for an operator with the same (string)
+            ``op.fingerprint``, or for this very object when ``op.fingerprint`` is None, and no
+            parameter of :meth:`_prepare_key` changed since.
+        """
+        if not hasattr(self, "_prepared_key") or self._prepared_key != self._prepare_key():
+            return False
+        fingerprint = getattr(op, "fingerprint", None)
+        if fingerprint is not None:
+            return getattr(self, "_prepared_fingerprint", None) == fingerprint
+        return getattr(self, "_prepared_op", None) is op
+
     def solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
-        """Return approximations of ``(H + damping * I)^{-1} g`` for each row ``g`` of ``G``."""
-        raise NotImplementedError
+        """Return approximations of ``(H + damping * I)^{-1} g`` for each row ``g`` of ``G``.
+
+        Prepares first when :meth:`is_prepared_for` is False, then validates the operator, the
+        parameters and ``G``, runs the solver and checks that the solution is finite.
+
+        Parameters
+        ----------
+        op : CurvatureOperator
+            The operator; it is prepared first if the solver is not prepared for it.
+        G : torch.Tensor or array-like of shape (m, n_params)
+            Right-hand sides, one per row; cast to ``op.dtype`` on ``op.device``.
+
+        Returns
+        -------
+        SolveResult
+            The solution in ``op.dtype`` on ``op.device`` and the diagnostics of this solve;
+            ``n_hvp`` includes the products of :meth:`prepare` when the solve had to prepare.
+
+        Raises
+        ------
+        ValueError
+            When a parameter, the operator or ``G`` is invalid (before any curvature product).
+        DivergenceError
+            When the solver diverges, or its solution would contain non-finite values; the
+            message names the setting to change.
+        """
+        n_hvp_prepare = 0
+        if self.is_prepared_for(op):
+            _check_operator(op)
+            self._check_params(op)
+        else:
+            self.prepare(op)
+            n_hvp_prepare = self.n_hvp_prepare_
+        G = _check_rhs(op, G)
+        result = self._solve(op, G)
+        if not bool(torch.isfinite(result.solution).all()):
+            raise DivergenceError(self._nonfinite_message(op))
+        result.n_hvp += n_hvp_prepare
+        return result
 
     # ------------------------------------------------------------------------------------------
-    # Helpers shared by the solvers (private).
+    # Hooks of the solvers (private).
     # ------------------------------------------------------------------------------------------
+
+    def _prepare(self, op: CurvatureOperator) -> int:
+        """Set the prepared state for ``op`` (already validated); return the products spent.
+
+        The default has nothing to precompute and spends nothing.
+        """
+        return 0
+
+    def _check_prepared(self, op: CurvatureOperator) -> None:
+        """Check the new prepared state against the parameters; may warn or raise.
+
+        Run by :meth:`prepare` after the state is recorded as prepared for ``op``, so that the
+        work is kept when the check fails on a parameter that may change without preparing
+        again (:class:`Exact`: a singular ``H + damping * I``). The default checks nothing.
+        """
+
+    def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
+        """Solve the block ``G`` (validated, on ``op.device`` in ``op.dtype``), prepared for op.
+
+        Must not change the parameters or the fitted attributes (see the class docstring).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement _solve.")
 
     def _prepare_key(self) -> tuple:
         """Parameters whose change makes the work done by :meth:`prepare` stale."""
         return ()
 
-    def _mark_prepared(self, op: CurvatureOperator) -> None:
-        self._op = op
-        self._key = self._prepare_key()
+    def _check_params(self, op: CurvatureOperator) -> None:
+        """Validate the parameters against ``_parameter_constraints`` (and ``op``, if needed).
 
-    def is_prepared_for(self, op: CurvatureOperator) -> bool:
-        return self._is_prepared_for(op)
+        Raises :class:`~sklearn.utils._param_validation.InvalidParameterError` (a ValueError and
+        a TypeError) whose message names the parameter both in backquotes and in
+        scikit-learn's wording. A bool is refused where a number is expected. Subclasses extend
+        this with checks the constraints cannot express.
+        """
+        params = self.get_params(deep=False)
+        caller = type(self).__name__
+        for name, constraints in self._parameter_constraints.items():
+            value = params[name]
+            try:
+                validate_parameter_constraints({name: constraints}, {name: value}, caller)
+            except InvalidParameterError as exc:
+                raise InvalidParameterError(f"Invalid `{name}`. {exc}") from None
+            if isinstance(value, bool) and _numeric_only(constraints):
+                raise InvalidParameterError(
+                    f"Invalid `{name}`. The {name!r} parameter of {caller} must be "
+                    f"{_describe(constraints)}, not a bool. Got {value!r} instead."
+                )
 
-    def _is_prepared_for(self, op: CurvatureOperator) -> bool:
-        return getattr(self, "_op", None) is op and getattr(self, "_key", None) == (
-            self._prepare_key()
+    def _nonfinite_message(self, op: CurvatureOperator) -> str:
+        """Message of the DivergenceError raised when a solution is not finite."""
+        return (
+            f"{type(self).__name__} produced non-finite values (NaN or inf) in {op.dtype}. "
+            f"Raise `damping` or check the model's loss."
         )
 
+    # ------------------------------------------------------------------------------------------
+    # Bookkeeping of the prepared state (private).
+    # ------------------------------------------------------------------------------------------
+
+    def _mark_prepared(self, op: CurvatureOperator) -> None:
+        """Record that the current prepared state belongs to ``op`` and the current key."""
+        fingerprint = getattr(op, "fingerprint", None)
+        if fingerprint is None:
+            self._prepared_op = op
+            self._prepared_fingerprint = None
+        else:
+            self._prepared_op = None  # keyed on the value: never hold the operator
+            self._prepared_fingerprint = fingerprint
+        self._prepared_key = self._prepare_key()
+
+    def _forget_preparation(self) -> None:
+        """Mark the solver as prepared for no operator (a failed prepare leaves it so)."""
+        for name in ("_prepared_op", "_prepared_fingerprint", "_prepared_key"):
+            self.__dict__.pop(name, None)
+
+    def _is_prepared_for(self, op: CurvatureOperator) -> bool:
+        """Alias of :meth:`is_prepared_for` (kept for callers of the former private name)."""
+        return self.is_prepared_for(op)
+
     def __getstate__(self) -> dict:
-        # The operator holds closures over a network: never pickle it. An unpickled solver
-        # prepares itself again on its next ``solve``.
+        # The operator holds closures over a network: never pickle it. A solver prepared for an
+        # operator without fingerprint prepares itself again on its next ``solve``; one keyed on
+        # a fingerprint keeps it, and with it the prepared state.
         state = dict(super().__getstate__())  # a copy: the live solver keeps its operator
-        state.pop("_op", None)
-        state.pop("_key", None)
+        state.pop("_prepared_op", None)
+        if state.get("_prepared_fingerprint") is None:
+            state.pop("_prepared_fingerprint", None)
+            state.pop("_prepared_key", None)
         return state
 
 
@@ -103,18 +291,24 @@ class CurvatureTooLargeError(MemoryError):
     """Raised by :class:`Exact` when the explicit ``P x P`` curvature would not fit in memory."""
 
 
-def _check_real(name: str, value: object, *, low: float, strict: bool) -> float:
-    """Validate a finite real parameter ``value >= low`` (``> low`` if ``strict``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite real number, got {value!r}.")
-    if value < low or (strict and value == low):
-        op = ">" if strict else ">="
-        raise ValueError(f"`{name}` must be {op} {low}, got {value!r}.")
-    return float(value)
+def _numeric_only(constraints: list) -> bool:
+    """Whether a parameter's constraints accept numbers through intervals, but not booleans."""
+    made = [make_constraint(c) for c in constraints]
+    has_interval = any(isinstance(c, Interval) for c in made)
+    has_bool = any(c == "boolean" or c is bool for c in constraints)
+    return has_interval and not has_bool
+
+
+def _describe(constraints: list) -> str:
+    """The description of ``constraints`` in scikit-learn's words ("a float in the range ...")."""
+    shown = [str(c) for c in (make_constraint(c) for c in constraints) if not c.hidden]
+    if len(shown) == 1:
+        return shown[0]
+    return f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
 def _check_int(name: str, value: object, *, low: int) -> int:
-    """Validate an integer parameter ``value >= low``."""
+    """Validate an integer field ``value >= low`` (of the operator; parameters use constraints)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"`{name}` must be an integer, got {value!r}.")
     if value < low:

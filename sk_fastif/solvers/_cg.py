@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from numbers import Integral, Real
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval
 
 from ._base import (
     BaseSolver,
     CurvatureOperator,
     DivergenceError,
     SolveResult,
-    _check_int,
-    _check_operator,
-    _check_real,
-    _check_rhs,
     _work_dtype,
 )
 
@@ -39,8 +37,8 @@ class CG(BaseSolver):
 
     Attributes
     ----------
-    n_iter_ : int
-        Iterations run by the last :meth:`solve`.
+    n_hvp_prepare_ : int
+        Curvature-vector products spent by :meth:`prepare` (always 0: CG precomputes nothing).
 
     Raises
     ------
@@ -60,7 +58,9 @@ class CG(BaseSolver):
     The recursion's own vectors and scalars are kept in float64 (the products are computed in
     ``op.dtype``), and the solution is returned in ``op.dtype``. The ``trace`` holds, per
     iteration, the largest relative (recursively updated) residual over the columns active in that
-    iteration. ``n_hvp`` counts one product per active column per iteration. In exact arithmetic
+    iteration, and ``n_iter`` is the number of iterations run (the length of the trace).
+    ``n_hvp`` counts one product per active column per iteration. A solve changes no attribute
+    of the solver. In exact arithmetic
     CG terminates in at most as many iterations as ``H`` has distinct eigenvalues; its speed is
     governed by the condition number of ``H + damping I``.
 
@@ -78,52 +78,20 @@ class CG(BaseSolver):
     True
     """
 
+    _parameter_constraints: dict = {
+        "damping": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="neither")],
+    }
+
     def __init__(self, *, damping: float = 1e-3, max_iter: int = 100, tol: float = 1e-6) -> None:
         self.damping = damping
         self.max_iter = max_iter
         self.tol = tol
 
-    def _validate(self) -> tuple[float, int, float]:
-        damping = _check_real("damping", self.damping, low=0.0, strict=False)
-        max_iter = _check_int("max_iter", self.max_iter, low=1)
-        tol = _check_real("tol", self.tol, low=0.0, strict=True)
-        return damping, max_iter, tol
-
-    def prepare(self, op: CurvatureOperator) -> CG:
-        """Validate the parameters and the operator (CG has nothing to precompute).
-
-        Parameters
-        ----------
-        op : CurvatureOperator
-            The curvature of the mean training loss.
-
-        Returns
-        -------
-        self : CG
-        """
-        _check_operator(op)
-        self._validate()
-        self._mark_prepared(op)
-        return self
-
-    def solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
-        """Run block CG from zero for every row ``g`` of ``G``.
-
-        Parameters
-        ----------
-        op : CurvatureOperator
-            The operator.
-        G : torch.Tensor of shape (m, n_params)
-            Right-hand sides, one per row.
-
-        Returns
-        -------
-        SolveResult
-        """
-        if not self._is_prepared_for(op):
-            self.prepare(op)
-        damping, max_iter, tol = self._validate()
-        G = _check_rhs(op, G)
+    def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
+        """Run block CG from zero for every row ``g`` of ``G``."""
+        damping, max_iter, tol = float(self.damping), int(self.max_iter), float(self.tol)
         wd = _work_dtype(op)
         B = G.detach().to(wd)
         m = B.shape[0]
@@ -176,11 +144,8 @@ class CG(BaseSolver):
             rs[idx] = rs_new
             active[idx] = res > tol
 
-        self.n_iter_ = n_iter
         if not bool(torch.isfinite(X).all()):
-            raise DivergenceError(
-                "CG produced non-finite values. Raise `damping` or check the model's loss."
-            )
+            raise DivergenceError(self._nonfinite_message(op))
         converged = not bool(active.any())
         if not converged:
             warnings.warn(
@@ -188,6 +153,11 @@ class CG(BaseSolver):
                 f"residual is {float(rel.max()):.3g} > tol={tol:g} for {int(active.sum())} of "
                 f"{m} right-hand sides. Raise `max_iter` or `damping`.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return SolveResult(solution=X.to(op.dtype), trace=trace, n_hvp=n_hvp, converged=converged)
+        return SolveResult(
+            solution=X.to(op.dtype), trace=trace, n_hvp=n_hvp, converged=converged, n_iter=n_iter
+        )
+
+    def _nonfinite_message(self, op: CurvatureOperator) -> str:
+        return "CG produced non-finite values. Raise `damping` or check the model's loss."

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from numbers import Real
 
 import torch
+from sklearn.utils._param_validation import Interval
 
 from ._base import (
     BaseSolver,
@@ -14,9 +16,6 @@ from ._base import (
     DivergenceError,
     IndefiniteCurvatureWarning,
     SolveResult,
-    _check_operator,
-    _check_real,
-    _check_rhs,
 )
 
 # Identity columns pushed through ``op.matvec`` per call while building the matrix.
@@ -74,23 +73,28 @@ class Exact(BaseSolver):
         (a :class:`MemoryError`) from :meth:`prepare`, before any product is computed, when about
         three float64 ``P x P`` matrices would need more than half of the physical memory.
     DivergenceError
-        From :meth:`solve` when ``H + damping * I`` is numerically singular
-        (``|w + damping| <= 1e-10 * max(max|w|, damping)`` for some eigenvalue).
+        From :meth:`prepare` and :meth:`solve` when ``H + damping * I`` is numerically singular
+        (``|w + damping| <= 1e-10 * max(max|w|, damping)`` for some eigenvalue). When
+        :meth:`prepare` raises it, the eigendecomposition is kept: after a change of
+        ``damping``, :meth:`solve` uses it without new curvature products.
 
     Warns
     -----
     IndefiniteCurvatureWarning
         When some ``w + damping < 0``: the result is still the exact inverse of the indefinite
-        matrix, but such influences are unreliable.
+        matrix, but such influences are unreliable. Warned by :meth:`prepare`, and by each
+        :meth:`solve` whose ``damping`` differs from the one :meth:`prepare` checked.
 
     Notes
     -----
     The matrix lives on the CPU in float64 whatever ``op.device``; the solution is returned on
     ``op.device`` in ``op.dtype``. The ``trace`` of a solve has one entry: the largest relative
     residual ``||(H + damping I) s - g|| / ||g||`` over the block, computed with the explicit
-    matrix for the returned (cast) solution ``s``. ``n_hvp`` of a solve is 0 unless the solve had
-    to prepare the operator first (it prepares automatically when given an operator other than
-    the one last prepared), in which case it is ``n_params``.
+    matrix for the returned (cast) solution ``s``; ``n_iter`` is 0 (a direct solve). ``n_hvp``
+    of a solve is 0 unless the solve had to prepare the operator first (it prepares
+    automatically when not prepared for the operator it is given), in which case it is
+    ``n_params``. ``damping`` is not part of the prepared state: changing it after
+    :meth:`prepare` reuses the eigendecomposition, and a solve changes no attribute.
 
     Examples
     --------
@@ -107,23 +111,15 @@ class Exact(BaseSolver):
     True
     """
 
+    _parameter_constraints: dict = {
+        "damping": [Interval(Real, 0.0, None, closed="left")],
+    }
+
     def __init__(self, *, damping: float = 1e-3) -> None:
         self.damping = damping
 
-    def prepare(self, op: CurvatureOperator) -> Exact:
-        """Build the explicit curvature matrix of ``op`` and eigendecompose it.
-
-        Parameters
-        ----------
-        op : CurvatureOperator
-            The curvature of the mean training loss.
-
-        Returns
-        -------
-        self : Exact
-        """
-        _check_operator(op)
-        damping = _check_real("damping", self.damping, low=0.0, strict=False)
+    def _prepare(self, op: CurvatureOperator) -> int:
+        """Build the explicit curvature matrix of ``op`` and eigendecompose it."""
         P = int(op.n_params)
         need = _N_COPIES * P * P * 8
         phys = _physical_memory()
@@ -161,14 +157,15 @@ class Exact(BaseSolver):
         scale = float(w.abs().max())
         eps = float(torch.finfo(op.dtype).eps)
         self.n_negative_eigenvalues_ = int((self.eigenvalues_ < -P * eps * scale).sum())
-        self.n_hvp_prepare_ = P
-        self._mark_prepared(op)
-        self._checked_damping = None
-        self._check_spectrum(damping)
-        return self
+        self._prepare_damping = float(self.damping)
+        return P
 
-    def _check_spectrum(self, damping: float) -> torch.Tensor:
-        """Return ``w + damping`` after checking it for singularity and sign (warns once)."""
+    def _check_prepared(self, op: CurvatureOperator) -> None:
+        """Check the spectrum at the damping of :meth:`prepare` (raises if singular, warns)."""
+        self._damped_spectrum(self._prepare_damping, warn=True)
+
+    def _damped_spectrum(self, damping: float, *, warn: bool) -> torch.Tensor:
+        """Return ``w + damping`` after checking it for singularity (and, if ``warn``, sign)."""
         d = self._w + damping
         scale = max(float(self._w.abs().max()), damping)
         if bool((d.abs() <= _SINGULAR_RTOL * scale).any()):
@@ -178,7 +175,7 @@ class Exact(BaseSolver):
                 f"{float(self._w[0]):.4g}). Use damping > {max(-float(self._w[0]), 0.0):.4g} "
                 f'or curvature="gauss_newton".'
             )
-        if self._checked_damping != damping and bool((d < 0).any()):
+        if warn and bool((d < 0).any()):
             wmin = float(self._w[0])
             warnings.warn(
                 f"H + damping*I is not positive definite: the smallest eigenvalue of H is "
@@ -187,41 +184,21 @@ class Exact(BaseSolver):
                 f"matrix, but influence scores computed from it are unreliable; use "
                 f'damping > {-wmin:.4g} or curvature="gauss_newton".',
                 IndefiniteCurvatureWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        self._checked_damping = damping
         return d
 
-    def solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
-        """Return ``(H + damping * I)^{-1} g`` for each row ``g`` of ``G``.
-
-        Parameters
-        ----------
-        op : CurvatureOperator
-            The operator; it is prepared first if it is not the one last prepared.
-        G : torch.Tensor of shape (m, n_params)
-            Right-hand sides, one per row.
-
-        Returns
-        -------
-        SolveResult
-        """
-        n_hvp = 0
-        if not self._is_prepared_for(op):
-            self.prepare(op)
-            n_hvp += self.n_hvp_prepare_
-        damping = _check_real("damping", self.damping, low=0.0, strict=False)
-        G = _check_rhs(op, G)
-        d = self._check_spectrum(damping)
+    def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
+        """Apply ``Q diag(1 / (w + damping)) Q^T`` to the block (no curvature product)."""
+        damping = float(self.damping)
+        # prepare() warned for its own damping; a different one is checked (and warned) here
+        d = self._damped_spectrum(damping, warn=damping != self._prepare_damping)
 
         G64 = G.detach().to(device="cpu", dtype=torch.float64)
         S64 = ((G64 @ self._Q) / d) @ self._Q.T
         S = S64.to(device=op.device, dtype=op.dtype)
         if not bool(torch.isfinite(S).all()):
-            raise DivergenceError(
-                f"Exact produced non-finite values; H + damping*I is too ill-conditioned in "
-                f"{op.dtype} (damping={damping:g}). Raise `damping`."
-            )
+            raise DivergenceError(self._nonfinite_message(op))
 
         S_back = S.to(device="cpu", dtype=torch.float64)
         R = S_back @ self._H + damping * S_back - G64
@@ -229,4 +206,10 @@ class Exact(BaseSolver):
         rnorm = torch.linalg.vector_norm(R, dim=1)
         rel = torch.where(gnorm > 0, rnorm / torch.where(gnorm > 0, gnorm, 1.0), rnorm)
         trace = [float(rel.max())] if rel.numel() else [0.0]
-        return SolveResult(solution=S, trace=trace, n_hvp=n_hvp, converged=True)
+        return SolveResult(solution=S, trace=trace, n_hvp=0, converged=True, n_iter=0)
+
+    def _nonfinite_message(self, op: CurvatureOperator) -> str:
+        return (
+            f"Exact produced non-finite values; H + damping*I is too ill-conditioned in "
+            f"{op.dtype} (damping={float(self.damping):g}). Raise `damping`."
+        )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import (
     BaseSolver,
@@ -16,10 +17,6 @@ from ._base import (
     IndefiniteCurvatureWarning,
     ScaleRestartWarning,
     SolveResult,
-    _check_int,
-    _check_operator,
-    _check_real,
-    _check_rhs,
 )
 
 # Power iterations per top-eigenvalue estimate, minibatch Hessians probed, safety factor.
@@ -86,7 +83,9 @@ class LiSSA(BaseSolver):
     ----------
     scale_ : float
         The scale in use: ``scale`` when numeric, else the estimate of :meth:`prepare`, doubled
-        for each restart.
+        for each restart. A numeric ``scale`` is part of the prepared state: after
+        ``set_params(scale=...)`` the next :meth:`solve` prepares again (no curvature product)
+        and so sets ``scale_``.
     top_eigenvalue_ : float or None
         ``scale="auto"`` only: the Rayleigh quotient of the power iteration on the full ``H``
         (approximately its largest-magnitude eigenvalue, with its sign).
@@ -94,7 +93,7 @@ class LiSSA(BaseSolver):
         One entry ``{"repeat", "step", "scale"}`` per divergence that made ``scale="auto"``
         restart since :meth:`prepare` (``scale`` is the one that diverged).
     n_hvp_prepare_ : int
-        Curvature-vector products spent by :meth:`prepare`.
+        Curvature-vector products spent by :meth:`prepare` (0 for a numeric ``scale``).
 
     Raises
     ------
@@ -123,7 +122,10 @@ class LiSSA(BaseSolver):
     ``(H_B + damping I) / scale`` inside ``(0, 2/3]`` and leaves margin for unsampled minibatches.
 
     Divergence with ``scale="auto"`` doubles ``scale_`` (kept for later solves) and restarts all
-    chains of the current solve from scratch with the same seeds, at most three times.
+    chains of the current solve from scratch with the same seeds, at most three times. This is
+    the one way a :meth:`solve` changes the solver (see :class:`BaseSolver`): each restart
+    appends to ``restarts_`` and doubles ``scale_``, a refresh of the prepared state, so that
+    later solves start from a scale that worked. Without a restart a solve changes no attribute.
 
     The divergence test is deliberately lenient (a factor 10 over the contraction bound) so that
     minibatches with some negative curvature, which make single steps mildly expansive while the
@@ -141,7 +143,11 @@ class LiSSA(BaseSolver):
     chains of the repeats concatenated (of the final run after restarts). ``n_hvp`` counts one
     product per active column per step over all runs (and the products of :meth:`prepare` when
     a solve had to prepare). ``converged`` is True when ``tol`` is None and the chains ran their
-    ``depth``, or when every chain stopped early by ``tol``. The recursion runs in ``op.dtype``.
+    ``depth``, or when every chain stopped early by ``tol``. ``n_iter`` is the number of
+    recursion steps over the chains of the final run (the length of the trace), and ``info``
+    holds the ``"scale"`` of the returned estimate and the ``"restarts"`` of this solve (a list
+    of ``{"repeat", "step", "scale"}``, empty without restart). The recursion runs in
+    ``op.dtype``.
 
     Examples
     --------
@@ -177,67 +183,53 @@ class LiSSA(BaseSolver):
         self.tol = tol
         self.random_state = random_state
 
+    _parameter_constraints: dict = {
+        "damping": [Interval(Real, 0.0, None, closed="left")],
+        "scale": [StrOptions({"auto"}), Interval(Real, 0.0, None, closed="neither")],
+        "depth": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_repeats": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="neither"), None],
+        "random_state": ["random_state"],
+    }
+
     # ------------------------------------------------------------------------------------------
 
     def _auto(self) -> bool:
         return isinstance(self.scale, str) and self.scale == "auto"
 
     def _prepare_key(self) -> tuple:
-        # The automatic scale depends on these; a numeric scale is re-read at every solve.
+        # The automatic scale depends on these; a numeric scale is itself the prepared state.
         if self._auto():
             return ("auto", self.damping, self.batch_size, self.random_state)
-        return ()
+        return ("fixed", self.scale)
 
-    def _validate(self, op: CurvatureOperator) -> dict:
-        damping = _check_real("damping", self.damping, low=0.0, strict=False)
-        if not self._auto():
-            if isinstance(self.scale, str):
-                raise ValueError(
-                    f"`scale` must be 'auto' or a positive number, got {self.scale!r}."
-                )
-            _check_real("scale", self.scale, low=0.0, strict=True)
-        depth = _check_int("depth", self.depth, low=1)
-        batch_size = _check_int("batch_size", self.batch_size, low=1)
-        if batch_size > op.n_samples:
+    def _check_params(self, op: CurvatureOperator) -> None:
+        super()._check_params(op)
+        if self.batch_size > op.n_samples:
             raise ValueError(
-                f"`batch_size`={batch_size} exceeds the number of training samples "
+                f"`batch_size`={self.batch_size} exceeds the number of training samples "
                 f"n_samples={op.n_samples}; use batch_size <= {op.n_samples}."
             )
-        n_repeats = _check_int("n_repeats", self.n_repeats, low=1)
-        tol = None
-        if self.tol is not None:
-            if not isinstance(self.tol, numbers.Real):
-                raise ValueError(f"`tol` must be None or a positive number, got {self.tol!r}.")
-            tol = _check_real("tol", self.tol, low=0.0, strict=True)
+
+    def _settings(self) -> dict:
+        """The validated parameters of the recursion, as Python numbers."""
         return {
-            "damping": damping,
-            "depth": depth,
-            "batch_size": batch_size,
-            "n_repeats": n_repeats,
-            "tol": tol,
+            "damping": float(self.damping),
+            "depth": int(self.depth),
+            "batch_size": int(self.batch_size),
+            "n_repeats": int(self.n_repeats),
+            "tol": None if self.tol is None else float(self.tol),
         }
 
-    def prepare(self, op: CurvatureOperator) -> LiSSA:
-        """Validate the parameters and, for ``scale="auto"``, estimate ``scale_``.
-
-        Parameters
-        ----------
-        op : CurvatureOperator
-            The curvature of the mean training loss.
-
-        Returns
-        -------
-        self : LiSSA
-        """
-        _check_operator(op)
-        p = self._validate(op)
+    def _prepare(self, op: CurvatureOperator) -> int:
+        """Set ``scale_``: ``scale`` when numeric, else estimated by power iteration."""
+        p = self._settings()
         self.restarts_ = []
-        self.n_hvp_prepare_ = 0
         self.top_eigenvalue_ = None
         if not self._auto():
             self.scale_ = float(self.scale)
-            self._mark_prepared(op)
-            return self
+            return 0
 
         rng = check_random_state(self.random_state)
         n_hvp = 0
@@ -269,45 +261,26 @@ class LiSSA(BaseSolver):
                 f"eigenvalue of H near {rq:.4g} with damping={damping:g}. LiSSA will diverge; "
                 f'use damping > {-rq:.4g} or curvature="gauss_newton".',
                 IndefiniteCurvatureWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.top_eigenvalue_ = rq
         self.scale_ = float(scale)
-        self.n_hvp_prepare_ = n_hvp
-        self._mark_prepared(op)
-        return self
+        return n_hvp
 
     # ------------------------------------------------------------------------------------------
 
-    def solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
-        """Estimate ``(H + damping * I)^{-1} g`` for every row ``g`` of ``G``.
-
-        Parameters
-        ----------
-        op : CurvatureOperator
-            The operator; it is prepared first if it is not the one last prepared.
-        G : torch.Tensor of shape (m, n_params)
-            Right-hand sides, one per row.
-
-        Returns
-        -------
-        SolveResult
-        """
-        n_hvp = 0
-        if not self._is_prepared_for(op):
-            self.prepare(op)
-            n_hvp += self.n_hvp_prepare_
-        p = self._validate(op)
-        if not self._auto():
-            self.scale_ = float(self.scale)
-        G = _check_rhs(op, G).detach()
+    def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
+        """Estimate ``(H + damping * I)^{-1} g`` for every row ``g`` of ``G``."""
+        p = self._settings()
+        G = G.detach()
 
         rng = check_random_state(self.random_state)
         seeds = [int(s) for s in rng.randint(0, np.iinfo(np.int32).max, size=p["n_repeats"])]
 
-        n_restarts = 0
+        n_hvp = 0
+        restarts: list[dict] = []
+        scale = self.scale_
         while True:
-            scale = self.scale_
             total = torch.zeros_like(G)
             trace: list[float] = []
             converged = True
@@ -320,22 +293,38 @@ class LiSSA(BaseSolver):
                     total += h
             except _Diverged as exc:
                 n_hvp += exc.n_hvp
-                if not self._auto() or n_restarts >= _MAX_RESTARTS:
-                    msg = self._divergence_message(exc, scale, p["damping"], n_restarts)
+                if not self._auto() or len(restarts) >= _MAX_RESTARTS:
+                    msg = self._divergence_message(exc, scale, p["damping"], len(restarts))
                     raise DivergenceError(msg) from None
-                n_restarts += 1
-                self.restarts_.append({"repeat": exc.repeat, "step": exc.step, "scale": scale})
-                self.scale_ = 2.0 * scale
+                restart = {"repeat": exc.repeat, "step": exc.step, "scale": scale}
+                restarts.append(restart)
+                # the documented exception to side-effect-free solves: keep the doubled scale
+                self.restarts_.append(dict(restart))
+                self.scale_ = scale = 2.0 * scale
                 warnings.warn(
-                    f"LiSSA diverged at step {exc.step} with scale={scale:.4g}; restarting with "
-                    f"scale={self.scale_:.4g} (restart {n_restarts} of at most {_MAX_RESTARTS}).",
+                    f"LiSSA diverged at step {exc.step} with scale={restart['scale']:.4g}; "
+                    f"restarting with scale={scale:.4g} (restart {len(restarts)} of at most "
+                    f"{_MAX_RESTARTS}).",
                     ScaleRestartWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
             break
         solution = total / (scale * len(seeds))
-        return SolveResult(solution=solution, trace=trace, n_hvp=n_hvp, converged=converged)
+        return SolveResult(
+            solution=solution,
+            trace=trace,
+            n_hvp=n_hvp,
+            converged=converged,
+            n_iter=len(trace),
+            info={"scale": scale, "restarts": restarts},
+        )
+
+    def _nonfinite_message(self, op: CurvatureOperator) -> str:
+        return (
+            f"LiSSA produced non-finite values with scale={self.scale_:.4g} and "
+            f"damping={float(self.damping):g}. Raise `scale` or `damping`."
+        )
 
     def _chain(
         self, op: CurvatureOperator, G: torch.Tensor, seed: int, repeat: int, scale: float, p: dict

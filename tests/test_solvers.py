@@ -960,6 +960,27 @@ def test_bad_parameters_raise(solver, name):
     assert prob.calls == []  # validated before any product
 
 
+@pytest.mark.parametrize(
+    ("solver", "message"),
+    [
+        (Exact(damping=-1.0), "`damping` must be >= 0.0, got -1.0. The 'damping' parameter"),
+        (Exact(damping=float("nan")), "`damping` must be a finite real number, got nan."),
+        (CG(damping=True), "`damping` must be a finite real number, got True."),
+        (CG(max_iter=2.5), "`max_iter` must be an integer, got 2.5."),
+        (CG(tol=-1), "`tol` must be > 0.0, got -1."),
+        (LiSSA(depth=0), "`depth` must be >= 1, got 0."),
+        (LiSSA(scale="big"), "`scale` must be 'auto' or a positive number, got 'big'."),
+        (LiSSA(tol="small"), "`tol` must be None or a positive number, got 'small'."),
+        (LiSSA(random_state="seed"), "Invalid `random_state`. The 'random_state' parameter"),
+    ],
+)
+def test_parameter_messages_say_what_is_wrong_first(solver, message):
+    with pytest.raises(InvalidParameterError) as info:
+        solver.prepare(spd_problem().op)
+    assert str(info.value).startswith(message)
+    assert str(info.value).endswith(" instead.")
+
+
 def test_docstring_examples():
     for module in (_exact, _cg, _lissa):
         result = doctest.testmod(module, raise_on_error=False)

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
+    StrOptions,
     make_constraint,
     validate_parameter_constraints,
 )
@@ -218,9 +219,10 @@ class BaseSolver(BaseEstimator):
         """Validate the parameters against ``_parameter_constraints`` (and ``op``, if needed).
 
         Raises :class:`~sklearn.utils._param_validation.InvalidParameterError` (a ValueError and
-        a TypeError) whose message names the parameter both in backquotes and in
-        scikit-learn's wording. A bool is refused where a number is expected. Subclasses extend
-        this with checks the constraints cannot express.
+        a TypeError) whose message says what is wrong in short (e.g. "`depth` must be >= 1, got
+        0.") and then in scikit-learn's wording ("The 'depth' parameter of LiSSA must be an int
+        in the range [1, inf). Got 0 instead."). A bool is refused where a number is expected.
+        Subclasses extend this with checks the constraints cannot express.
         """
         params = self.get_params(deep=False)
         caller = type(self).__name__
@@ -228,13 +230,15 @@ class BaseSolver(BaseEstimator):
             value = params[name]
             try:
                 validate_parameter_constraints({name: constraints}, {name: value}, caller)
+                if isinstance(value, bool) and _numeric_only(constraints):
+                    raise InvalidParameterError(
+                        f"The {name!r} parameter of {caller} must be "
+                        f"{_describe(constraints)}, not a bool. Got {value!r} instead."
+                    )
             except InvalidParameterError as exc:
-                raise InvalidParameterError(f"Invalid `{name}`. {exc}") from None
-            if isinstance(value, bool) and _numeric_only(constraints):
-                raise InvalidParameterError(
-                    f"Invalid `{name}`. The {name!r} parameter of {caller} must be "
-                    f"{_describe(constraints)}, not a bool. Got {value!r} instead."
-                )
+                short = _requirement(constraints, value)
+                head = f"`{name}` {short}, got {value!r}." if short else f"Invalid `{name}`."
+                raise InvalidParameterError(f"{head} {exc}") from None
 
     def _nonfinite_message(self, op: CurvatureOperator) -> str:
         """Message of the DivergenceError raised when a solution is not finite."""
@@ -297,6 +301,45 @@ def _numeric_only(constraints: list) -> bool:
     has_interval = any(isinstance(c, Interval) for c in made)
     has_bool = any(c == "boolean" or c is bool for c in constraints)
     return has_interval and not has_bool
+
+
+def _requirement(constraints: list, value: object) -> str | None:
+    """What ``value`` misses, in short ("must be >= 1"); None if the constraints are not a range.
+
+    For constraints made of one :class:`Interval` and other options (strings, None): the bound
+    it violates when ``value`` is a finite number of the interval's type (not a bool), else the
+    kinds of value accepted ("must be 'auto' or a positive number").
+    """
+    made = [make_constraint(c) for c in constraints]
+    intervals = [c for c in made if isinstance(c, Interval)]
+    if len(intervals) != 1:
+        return None
+    iv = intervals[0]
+    integral = iv.type is numbers.Integral
+    kind = numbers.Integral if integral else numbers.Real
+    number_of_kind = isinstance(value, kind) and not isinstance(value, bool)
+    if number_of_kind and (integral or bool(np.isfinite(value))):
+        if iv.left is not None and (
+            value < iv.left or (value == iv.left and iv.closed in ("right", "neither"))
+        ):
+            return f"must be {'>=' if iv.closed in ('left', 'both') else '>'} {iv.left}"
+        if iv.right is not None and (
+            value > iv.right or (value == iv.right and iv.closed in ("left", "neither"))
+        ):
+            return f"must be {'<=' if iv.closed in ('right', 'both') else '<'} {iv.right}"
+    if integral:
+        number = "an integer"
+    elif iv.left == 0 and iv.closed in ("right", "neither") and iv.right is None:
+        number = "a positive number"
+    else:
+        number = "a finite real number"
+    others = []
+    for c in constraints:
+        if c is None:
+            others.append("None")
+        elif isinstance(c, StrOptions):
+            others.extend(repr(o) for o in sorted(c.options))
+    return f"must be {' or '.join([*others, number])}"
 
 
 def _describe(constraints: list) -> str:

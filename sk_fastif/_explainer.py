@@ -219,9 +219,19 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
     def as_engine_input(self, X, y=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X, y)`` as the engine takes them: checked, preprocessed and encoded tensors.
 
-        ``y=None`` gives the net's predicted labels (classifiers only). This is the input of
-        :attr:`engine_`'s methods, for computations beyond the public ones (see the
-        Architecture page of the documentation).
+        The input of :attr:`engine_`'s methods, for computations beyond the public ones (see
+        the Architecture page of the documentation).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, n_features)
+        y : array-like of shape (n,) or None
+            Targets; ``None`` gives the net's predicted labels (classifiers only).
+
+        Returns
+        -------
+        Xt, yt : torch.Tensor
+            On the net's device, ``Xt`` in its dtype.
         """
         self._check_fitted()
         Xt = self._inputs.transform(X, self._check_features)

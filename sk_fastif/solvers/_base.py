@@ -267,10 +267,6 @@ class BaseSolver(BaseEstimator):
         for name in ("_prepared_op", "_prepared_fingerprint", "_prepared_key"):
             self.__dict__.pop(name, None)
 
-    def _is_prepared_for(self, op: CurvatureOperator) -> bool:
-        """Alias of :meth:`is_prepared_for` (kept for callers of the former private name)."""
-        return self.is_prepared_for(op)
-
     def __getstate__(self) -> dict:
         # The operator holds closures over a network: never pickle it. A solver prepared for an
         # operator without fingerprint prepares itself again on its next ``solve``; one keyed on

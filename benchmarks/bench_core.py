@@ -13,14 +13,19 @@ Run: ``python benchmarks/bench_core.py`` (about two minutes on two CPU cores).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
+
+# benchmark this checkout, not an installed sk_fastif
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.demo import train_digits_net
+from sk_fastif.datasets import train_digits_net
 from sk_fastif.solvers import CG, Exact, LiSSA
 
 

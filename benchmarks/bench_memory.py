@@ -71,46 +71,24 @@ def _reset_peak() -> bool:
         return False
 
 
-def _make_module():
-    import torch
-
-    class MLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.hidden = torch.nn.Linear(N_FEATURES, N_HIDDEN)
-            self.output = torch.nn.Linear(N_HIDDEN, 2)
-
-        def forward(self, X):
-            return self.output(torch.tanh(self.hidden(X)))
-
-    return MLP
-
-
-def _make_net(max_epochs: int = 1):
-    import torch
-    from skorch import NeuralNetClassifier
-
-    return NeuralNetClassifier(_make_module(), criterion=torch.nn.CrossEntropyLoss,
-                               optimizer=torch.optim.Adam, lr=1e-2, max_epochs=max_epochs,
-                               batch_size=4096, train_split=None, verbose=0)
+# the net: a 20-128-2 tanh MLP trained by Adam for one epoch on minibatches of 4096
+NET = dict(n_hidden=N_HIDDEN, lr=1e-2, max_epochs=1, batch_size=4096)
 
 
 def prepare(n: int, workdir: Path) -> dict:
     """Generate the data and train the net once per size; save both for the children."""
     import torch
-    from sklearn.datasets import make_classification
 
     from sk_fastif import InfluenceExplainer
+    from sk_fastif.datasets import make_classification_split, train_mlp_classifier
     from sk_fastif.solvers import LiSSA
 
-    X, y = make_classification(n_samples=n + N_TEST, n_features=N_FEATURES, n_informative=10,
-                               random_state=0)
-    X, y = X.astype(np.float32), y.astype(np.int64)
-    np.save(workdir / f"X_{n}.npy", X[:n])
-    np.save(workdir / f"y_{n}.npy", y[:n])
-    np.save(workdir / f"Xte_{n}.npy", X[n:])
-    torch.manual_seed(0)
-    net = _make_net().fit(X[:n], y[:n])
+    X, X_test, y, _ = make_classification_split(n, N_TEST, n_features=N_FEATURES,
+                                                n_informative=10, random_state=0)
+    np.save(workdir / f"X_{n}.npy", X)
+    np.save(workdir / f"y_{n}.npy", y)
+    np.save(workdir / f"Xte_{n}.npy", X_test)
+    net = train_mlp_classifier(X, y, n_out=2, **NET, random_state=0)
     torch.save(net.module_.state_dict(), workdir / f"net_{n}.pt")
     sub = np.random.RandomState(0).choice(n, size=min(n, 5_000), replace=False)
     probe = InfluenceExplainer(net, solver=LiSSA(damping=1e-2, depth=1, batch_size=32),
@@ -123,6 +101,7 @@ def child(args) -> None:
     import torch
 
     from sk_fastif import InfluenceExplainer
+    from sk_fastif.datasets import make_mlp_classifier
     from sk_fastif.solvers import LiSSA
 
     torch.set_num_threads(args.threads)
@@ -130,7 +109,7 @@ def child(args) -> None:
     X = np.load(work / f"X_{args.n}.npy")
     y = np.load(work / f"y_{args.n}.npy")
     X_test = np.load(work / f"Xte_{args.n}.npy")
-    net = _make_net().initialize()
+    net = make_mlp_classifier(N_FEATURES, 2, **NET).initialize()
     net.module_.load_state_dict(torch.load(work / f"net_{args.n}.pt"))
     reset = _reset_peak()
     baseline = _mib_maxrss()

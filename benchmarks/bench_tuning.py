@@ -17,8 +17,13 @@ Run: ``python benchmarks/bench_tuning.py`` (about a minute on two CPU cores).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
+
+# benchmark this checkout, not an installed sk_fastif
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from sklearn.base import clone
@@ -26,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.demo import train_digits_net
+from sk_fastif.datasets import train_digits_net
 from sk_fastif.metrics import make_influence_scorer
 from sk_fastif.solvers import CG, Exact, LiSSA
 

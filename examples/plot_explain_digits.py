@@ -16,30 +16,18 @@ out of training: positive scores are *helpful* (they support the prediction), ne
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from skorch import NeuralNetClassifier
 
 from sk_fastif import InfluenceExplainer
+from sk_fastif.datasets import TanhMLP, load_digits_split
 from sk_fastif.solvers import Exact
 
-X, y = load_digits(return_X_y=True)
-X = (X / 16.0).astype(np.float32)
-X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0)
-
-
-class MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hidden = torch.nn.Linear(64, 32)
-        self.output = torch.nn.Linear(32, 10)
-
-    def forward(self, X):
-        return self.output(torch.tanh(self.hidden(X)))
-
+# The 8x8 digits scaled to [0, 1], 80% for training; TanhMLP is a 64-32-10 tanh MLP whose layers
+# are named ``hidden`` and ``output``.
+X_train, X_test, y_train, y_test = load_digits_split(split="random", random_state=0)
 
 torch.manual_seed(0)
-net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
+net = NeuralNetClassifier(TanhMLP, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
                           lr=0.01, max_epochs=25, train_split=None, verbose=0)
 net.fit(X_train, y_train)
 pred = net.predict(X_test)

@@ -24,34 +24,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from skorch import NeuralNetClassifier
 
 from sk_fastif import InfluenceExplainer
+from sk_fastif.datasets import TanhMLP, load_digits_split
 from sk_fastif.metrics import make_influence_scorer
 from sk_fastif.solvers import Exact, LiSSA
 
-
-class MLP(torch.nn.Module):
-    def __init__(self, n_hidden=16):
-        super().__init__()
-        self.hidden = torch.nn.Linear(64, n_hidden)
-        self.output = torch.nn.Linear(n_hidden, 10)
-
-    def forward(self, X):
-        return self.output(torch.tanh(self.hidden(X)))
-
-
-X, y = load_digits(return_X_y=True)
-X, y = (X / 16.0).astype(np.float32), y.astype(np.int64)
-order = np.random.RandomState(0).permutation(len(X))
-train, queries = order[:400], order[400:410]
-X_train, y_train, X_query, y_query = X[train], y[train], X[queries], y[queries]
+# the digits scaled to [0, 1]: 400 rows of a seeded permutation, then the next 10 as queries
+X_train, X_query, y_train, y_query = load_digits_split(split="permutation", n_train=400,
+                                                       n_test=10, random_state=0)
 
 torch.manual_seed(0)
-net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
-                          lr=0.01, max_epochs=30, batch_size=64, train_split=None, verbose=0)
+net = NeuralNetClassifier(TanhMLP, module__n_hidden=16, criterion=torch.nn.CrossEntropyLoss,
+                          optimizer=torch.optim.Adam, lr=0.01, max_epochs=30, batch_size=64,
+                          train_split=None, verbose=0)
 net.fit(X_train, y_train)
 
 # %%

@@ -14,47 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from skorch import NeuralNetClassifier
 
 from ._explainer import InfluenceExplainer
+from .datasets import TanhMLP, train_digits_net
 from .solvers import CG
 
-
-class DigitsMLP(torch.nn.Module):
-    """64 → 32 → 10 tanh MLP for 8×8 digit images."""
-
-    def __init__(self, n_hidden: int = 32) -> None:
-        super().__init__()
-        self.hidden = torch.nn.Linear(64, n_hidden)
-        self.output = torch.nn.Linear(n_hidden, 10)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.output(torch.tanh(self.hidden(X)))
-
-
-def train_digits_net(random_state: int = 0):
-    """Split digits 80/20 and train the MLP; return ``net, X_train, X_test, y_train, y_test``."""
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    y = y.astype(np.int64)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=0.2, random_state=random_state, stratify=y
-    )
-    torch.manual_seed(random_state)
-    net = NeuralNetClassifier(
-        DigitsMLP,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=0.01,
-        max_epochs=40,
-        batch_size=64,
-        train_split=None,
-        verbose=0,
-    )
-    net.fit(X_train, y_train)
-    return net, X_train, X_test, y_train, y_test
+# The digits net and its training now live in sk_fastif.datasets; the old names stay importable.
+DigitsMLP = TanhMLP
 
 
 def _row(kind: str, indices, scores, labels) -> str:

@@ -3,32 +3,26 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits, make_regression
+from sklearn.datasets import make_regression
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
+
+from sk_fastif.datasets import TanhMLP, load_digits_split, train_mlp_classifier
 
 torch.set_num_threads(2)
 
 
-class MLP(torch.nn.Module):
-    """Two-layer tanh MLP with named ``hidden`` and ``output`` layers."""
+class MLP(TanhMLP):
+    """The suite's digits MLP: :class:`~sk_fastif.datasets.TanhMLP`, 16 hidden units by default."""
 
     def __init__(self, n_in=64, n_hidden=16, n_out=10):
-        super().__init__()
-        self.hidden = torch.nn.Linear(n_in, n_hidden)
-        self.output = torch.nn.Linear(n_hidden, n_out)
-
-    def forward(self, X):
-        return self.output(torch.tanh(self.hidden(X)))
+        super().__init__(n_in=n_in, n_hidden=n_hidden, n_out=n_out)
 
 
 def make_digits(n_train=400, n_test=40, seed=0):
-    X, y = load_digits(return_X_y=True)
-    rng = np.random.RandomState(seed)
-    idx = rng.permutation(len(X))
-    X = (X / 16.0).astype(np.float32)
-    y = y.astype(np.int64)
-    tr, te = idx[:n_train], idx[n_train : n_train + n_test]
-    return X[tr], y[tr], X[te], y[te]
+    """Rows ``[:n_train]`` and the next ``n_test`` of a seeded permutation of the digits."""
+    Xtr, Xte, ytr, yte = load_digits_split(split="permutation", n_train=n_train, n_test=n_test,
+                                           random_state=seed)
+    return Xtr, ytr, Xte, yte
 
 
 @pytest.fixture(scope="session")
@@ -40,18 +34,7 @@ def digits():
 def digits_mlp(digits):
     """A digits MLP trained with Adam (fitted once per session; tests must not modify it)."""
     Xtr, ytr, _, _ = digits
-    torch.manual_seed(0)
-    net = NeuralNetClassifier(
-        MLP,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=0.01,
-        max_epochs=30,
-        batch_size=64,
-        train_split=None,
-        verbose=0,
-    )
-    return net.fit(Xtr, ytr)
+    return train_mlp_classifier(Xtr, ytr, n_hidden=16, max_epochs=30, random_state=0)
 
 
 def fit_full_batch(net, X, y, weight_decay, max_iter=500):

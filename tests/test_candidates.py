@@ -270,12 +270,13 @@ def test_pipeline_input_embedding_uses_the_transformed_features(digits):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .conftest import MLP
+    from sk_fastif.datasets import TanhMLP
 
     Xtr, ytr, Xte, yte = digits
     torch.manual_seed(0)
     pipe = make_pipeline(StandardScaler(), NeuralNetClassifier(
-        MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=3, train_split=None, verbose=0,
+        TanhMLP, module__n_hidden=16, criterion=torch.nn.CrossEntropyLoss, max_epochs=3,
+        train_split=None, verbose=0,
     )).fit(Xtr, ytr)
     expl = InfluenceExplainer(pipe, solver=Exact(damping=1e-2), params=["output"],
                               candidates=ExactCandidates(n_neighbors=15, embedding="input"))

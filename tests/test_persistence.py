@@ -11,9 +11,8 @@ from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetClassifier
 
 from sk_fastif import InfluenceExplainer
+from sk_fastif.datasets import TanhMLP
 from sk_fastif.solvers import CG, Exact, LiSSA
-
-from .conftest import MLP
 
 
 def _pickle(obj, tmp_path):
@@ -44,7 +43,7 @@ def small_digits(digits):
 def net(small_digits):
     Xtr, ytr, _, _ = small_digits
     torch.manual_seed(0)
-    return NeuralNetClassifier(MLP, module__n_hidden=8, criterion=torch.nn.CrossEntropyLoss,
+    return NeuralNetClassifier(TanhMLP, module__n_hidden=8, criterion=torch.nn.CrossEntropyLoss,
                                max_epochs=5, lr=0.1, train_split=None, verbose=0).fit(Xtr, ytr)
 
 
@@ -104,7 +103,7 @@ def test_lissa_automatic_scale_and_restarts_survive(small_digits, net):
 def test_pipelines_round_trip(small_digits, tmp_path):
     Xtr, ytr, Xte, _ = small_digits
     X64, Xte64 = Xtr.astype(np.float64), Xte.astype(np.float64)
-    net = NeuralNetClassifier(MLP, module__n_hidden=8, criterion=torch.nn.CrossEntropyLoss,
+    net = NeuralNetClassifier(TanhMLP, module__n_hidden=8, criterion=torch.nn.CrossEntropyLoss,
                               max_epochs=3, lr=0.1, train_split=None, verbose=0)
     torch.manual_seed(0)
     # an explainer ending a pipeline (its net trained by fit)...

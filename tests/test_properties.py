@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.exceptions import NotFittedError
-from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNetRegressor
 
 from sk_fastif import Explanation, InfluenceExplainer
+from sk_fastif.datasets import make_mlp_classifier
 from sk_fastif.solvers import CG, DivergenceError, Exact, LiSSA
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
@@ -28,14 +29,10 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
 CLEAR_ERRORS = (ValueError, TypeError, NotFittedError)
 
 
-class _MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hidden = torch.nn.Linear(4, 5)
-        self.output = torch.nn.Linear(5, 3)
-
-    def forward(self, X):
-        return self.output(torch.tanh(self.hidden(X)))
+def _clf(**params):
+    """A 4-5-3 tanh MLP classifier trained by plain SGD on minibatches of 128."""
+    return make_mlp_classifier(4, 3, n_hidden=5, optimizer=torch.optim.SGD, batch_size=128,
+                               **params)
 
 
 def _build():
@@ -43,8 +40,7 @@ def _build():
     X = rng.randn(40, 4)
     y = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0.5)
     torch.manual_seed(0)
-    clf = NeuralNetClassifier(_MLP, criterion=torch.nn.CrossEntropyLoss, lr=0.2, max_epochs=10,
-                              train_split=None, verbose=0).fit(X.astype(np.float32), y)
+    clf = _clf(lr=0.2, max_epochs=10).fit(X.astype(np.float32), y)
     Xr = rng.randn(30, 3)
     yr = Xr @ np.array([1.0, -1.0, 0.5]) + 0.1 * rng.randn(30)
     reg = NeuralNetRegressor(torch.nn.Linear, module__in_features=3, module__out_features=1,
@@ -303,8 +299,7 @@ def test_any_parameter_values_give_a_result_or_a_clear_error(solver, params, bat
 def test_any_training_size_and_net_dtype_fit(n, dtype, kind):
     """Fit on the first n rows (even one) with a float32 or float64 net: scores are finite."""
     if kind == "classifier":
-        net = NeuralNetClassifier(_MLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=1,
-                                  train_split=None, verbose=0).initialize()
+        net = _clf(max_epochs=1).initialize()
         net.module_.load_state_dict(CLF.module_.state_dict())
         X, y = X_CLF[:n], Y_CLF[:n]
     else:

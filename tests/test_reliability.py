@@ -13,17 +13,21 @@ import numpy as np
 import pytest
 import torch
 from scipy import sparse
-from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 
 from sk_fastif import InfluenceExplainer
 from sk_fastif import _validation as validation
 from sk_fastif._curvature import CurvatureProducts
 from sk_fastif._gradients import NetBridge
+from sk_fastif.datasets import (
+    make_classification_split,
+    make_mlp_classifier,
+    train_mlp_classifier,
+)
 from sk_fastif.solvers import (
     CG,
     DivergenceError,
@@ -36,29 +40,17 @@ from sk_fastif.solvers import (
 
 from .test_influence_truth import binary_closed_form, ridge_closed_form
 
-
-class SmallMLP(torch.nn.Module):
-    """6-8-4 tanh MLP: four outputs, trained on three classes (label 3 is never seen)."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = torch.nn.Linear(6, 8)
-        self.output = torch.nn.Linear(8, 4)
-
-    def forward(self, X):
-        return self.output(torch.tanh(self.hidden(X)))
+# 6-8-4 tanh MLPs: four outputs, trained on three classes (label 3 is never seen)
+SMALL_MLP = dict(n_out=4, n_hidden=8)
 
 
 @pytest.fixture(scope="module")
 def small():
-    X, y = make_classification(n_samples=150, n_features=6, n_informative=4, n_redundant=0,
-                               n_classes=3, random_state=0)
-    X, y = X.astype(np.float32), y.astype(np.int64)
-    torch.manual_seed(0)
-    net = NeuralNetClassifier(SmallMLP, criterion=torch.nn.CrossEntropyLoss,
-                              optimizer=torch.optim.Adam, lr=0.05, max_epochs=20, batch_size=32,
-                              train_split=None, verbose=0).fit(X[:120], y[:120])
-    return net, X[:120], y[:120], X[120:], y[120:]
+    Xtr, Xte, ytr, yte = make_classification_split(120, 30, n_features=6, n_informative=4,
+                                                   n_redundant=0, n_classes=3, random_state=0)
+    net = train_mlp_classifier(Xtr, ytr, **SMALL_MLP, lr=0.05, max_epochs=20, batch_size=32,
+                               random_state=0)
+    return net, Xtr, ytr, Xte, yte
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +152,7 @@ def _frozen_bias_net(net):
 
 
 def _unfitted():
-    return NeuralNetClassifier(SmallMLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=1,
-                               train_split=None, verbose=0)
+    return make_mlp_classifier(6, **SMALL_MLP, max_epochs=1)
 
 
 # (id, estimator builder, explainer kwargs, fit-data transform, exception, fragment)
@@ -222,8 +213,8 @@ FIT_CASES = [
     ("cg-max-iter-0", None, {"solver": CG(max_iter=0)}, None, ValueError, "`max_iter` must be"),
     ("exact-damping-negative", None, {"solver": Exact(damping=-1.0)}, None, ValueError,
      "`damping` must be >= 0"),
-    ("nll-loss-on-logits", lambda n: NeuralNetClassifier(SmallMLP, train_split=None,
-                                                          verbose=0).initialize(),
+    ("nll-loss-on-logits", lambda n: make_mlp_classifier(  # NLLLoss expects probabilities
+        6, **SMALL_MLP, criterion=torch.nn.NLLLoss).initialize(),
      {}, None, ValueError, "loss is not finite.*CrossEntropyLoss"),
 ]
 

@@ -1,0 +1,454 @@
+"""Small problems and example nets for the demo, the examples, the tests and the benchmarks.
+
+Everything here is built from what scikit-learn ships or generates, so it runs offline:
+
+* :func:`load_digits_split`: scikit-learn's 8x8 digits, scaled to [0, 1], split in two;
+* :func:`make_classification_split`: a synthetic ``make_classification`` problem, split in two;
+* :func:`flip_labels`: plant label noise, returning which labels were flipped;
+* :class:`TanhMLP`: a tanh multi-layer perceptron with named ``hidden`` and ``output`` layers;
+* :func:`make_mlp_classifier` and :func:`train_mlp_classifier`: a skorch classifier around it;
+* :func:`train_digits_net`: the demo's digits classifier and its split.
+
+Every splitter returns ``X_train, X_test, y_train, y_test``, the order of
+:func:`sklearn.model_selection.train_test_split`, with ``float32`` features and ``int64`` labels:
+the dtypes a skorch classifier trained with :class:`torch.nn.CrossEntropyLoss` expects.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits, make_classification
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from skorch import NeuralNetClassifier
+
+__all__ = [
+    "TanhMLP",
+    "flip_labels",
+    "load_digits_split",
+    "make_classification_split",
+    "make_mlp_classifier",
+    "train_digits_net",
+    "train_mlp_classifier",
+]
+
+_SPLITS = ("stratified", "random", "permutation")
+
+
+def _check_count(name: str, value, upper: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value <= upper:
+        raise ValueError(f"{name} must be None or an integer in [0, {upper}], got {value!r}.")
+    return int(value)
+
+
+def load_digits_split(
+    *,
+    split: str = "stratified",
+    n_train: int | None = None,
+    n_test: int | None = None,
+    test_size: float = 0.2,
+    random_state=0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scikit-learn's digits, scaled to [0, 1] and split into training and test rows.
+
+    The 1,797 8x8 images of :func:`sklearn.datasets.load_digits`, divided by 16 (their largest
+    pixel value) and cast to ``float32``; the labels 0-9 as ``int64``.
+
+    Parameters
+    ----------
+    split : {"stratified", "random", "permutation"}, default="stratified"
+        How the rows are divided.
+
+        - ``"stratified"``: :func:`~sklearn.model_selection.train_test_split` with
+          ``stratify=y``, so both parts hold the ten digits in the same proportions (the demo's
+          split).
+        - ``"random"``: the same without stratification.
+        - ``"permutation"``: the rows of ``check_random_state(random_state).permutation(1797)``,
+          the first ``n_train`` for training and the next ``n_test`` for testing. The test rows
+          come right after the training rows, so a larger ``n_test`` only appends rows, and
+          ``n_test=0`` is allowed (the test suite's split).
+    n_train, n_test : int or None, default=None
+        Numbers of training and test rows. When only one is given the other is the rest of the
+        rows; when neither is, ``test_size`` sets the test part.
+    test_size : float, default=0.2
+        Fraction of the rows for testing when ``n_train`` and ``n_test`` are both None (rounded
+        up, as :func:`~sklearn.model_selection.train_test_split` does).
+    random_state : int, RandomState instance or None, default=0
+        Seed of the shuffle.
+
+    Returns
+    -------
+    X_train : ndarray of shape (n_train, 64), dtype float32
+        Training images, flattened row by row, values in [0, 1].
+    X_test : ndarray of shape (n_test, 64), dtype float32
+        Test images.
+    y_train : ndarray of shape (n_train,), dtype int64
+        Training labels, 0 to 9.
+    y_test : ndarray of shape (n_test,), dtype int64
+        Test labels.
+
+    See Also
+    --------
+    train_digits_net : Train the demo's classifier on this split.
+
+    Examples
+    --------
+    >>> from sk_fastif.datasets import load_digits_split
+    >>> X_train, X_test, y_train, y_test = load_digits_split()
+    >>> X_train.shape, X_test.shape, X_train.dtype, y_train.dtype
+    ((1437, 64), (360, 64), dtype('float32'), dtype('int64'))
+    >>> X_train, X_test, y_train, y_test = load_digits_split(
+    ...     split="permutation", n_train=400, n_test=40)
+    >>> len(X_train), len(X_test)
+    (400, 40)
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    y = y.astype(np.int64)
+    n = len(X)
+    n_train = _check_count("n_train", n_train, n)
+    n_test = _check_count("n_test", n_test, n)
+    if n_train is not None and n_test is not None and n_train + n_test > n:
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {n} digits.")
+    if split != "permutation":
+        sizes = ({"test_size": test_size} if n_train is None and n_test is None
+                 else {"train_size": n_train, "test_size": n_test})
+        return train_test_split(X, y, **sizes, random_state=random_state,
+                                stratify=y if split == "stratified" else None)
+    if n_train is None and n_test is None:
+        if not isinstance(test_size, Real) or not 0 < test_size < 1:
+            raise ValueError(f"test_size must be a float in (0, 1), got {test_size!r}.")
+        n_test = int(np.ceil(test_size * n))
+    if n_train is None:
+        n_train = n - n_test
+    if n_test is None:
+        n_test = n - n_train
+    idx = check_random_state(random_state).permutation(n)
+    train, test = idx[:n_train], idx[n_train : n_train + n_test]
+    return X[train], X[test], y[train], y[test]
+
+
+def make_classification_split(
+    n_train: int,
+    n_test: int,
+    *,
+    standardize: bool = False,
+    random_state: int = 0,
+    **params,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic classification problem from :func:`~sklearn.datasets.make_classification`.
+
+    ``make_classification(n_samples=n_train + n_test, random_state=random_state, **params)``,
+    its first ``n_train`` rows for training and the others for testing (the generator already
+    shuffles them).
+
+    Parameters
+    ----------
+    n_train : int
+        Number of training rows.
+    n_test : int
+        Number of test rows.
+    standardize : bool, default=False
+        Whether to centre each feature and scale it to unit variance, with the mean and
+        standard deviation of all ``n_train + n_test`` rows (computed in float64, before the
+        cast to float32).
+    random_state : int, default=0
+        Seed of the generator.
+    **params
+        Any other argument of :func:`~sklearn.datasets.make_classification` (``n_features``,
+        ``n_informative``, ``n_classes``, ``flip_y``, ...).
+
+    Returns
+    -------
+    X_train : ndarray of shape (n_train, n_features), dtype float32
+        Training features.
+    X_test : ndarray of shape (n_test, n_features), dtype float32
+        Test features.
+    y_train : ndarray of shape (n_train,), dtype int64
+        Training labels, 0 to ``n_classes - 1``.
+    y_test : ndarray of shape (n_test,), dtype int64
+        Test labels.
+
+    Examples
+    --------
+    >>> from sk_fastif.datasets import make_classification_split
+    >>> X_train, X_test, y_train, y_test = make_classification_split(
+    ...     120, 30, n_features=6, n_informative=4, n_redundant=0, n_classes=3)
+    >>> X_train.shape, X_test.shape, sorted(set(y_train.tolist()))
+    ((120, 6), (30, 6), [0, 1, 2])
+    """
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    X, y = make_classification(n_samples=n_train + n_test, random_state=random_state, **params)
+    if standardize:
+        X = (X - X.mean(0)) / X.std(0)
+    X, y = X.astype(np.float32), y.astype(np.int64)
+    return X[:n_train], X[n_train:], y[:n_train], y[n_train:]
+
+
+def flip_labels(y, fraction: float, *, random_state=0) -> tuple[np.ndarray, np.ndarray]:
+    """Plant label noise: give a known set of samples a wrong label.
+
+    Exactly ``round(fraction * len(y))`` samples, drawn without replacement, each get a label
+    drawn uniformly from the classes of ``y`` other than their own. Training on the result and
+    ranking the training points by self-influence should bring the flipped ones to the top.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+        Labels, of at least two distinct classes.
+    fraction : float
+        Fraction of the samples to mislabel, in [0, 1].
+    random_state : int, RandomState instance or None, default=0
+        Seed of the choice of samples and of their new labels.
+
+    Returns
+    -------
+    y_noisy : ndarray of shape (n_samples,)
+        A copy of ``y`` (same dtype) with the flipped labels.
+    flipped : ndarray of shape (round(fraction * n_samples),), dtype int64
+        Indices of the flipped samples, in increasing order: ``y_noisy[i] != y[i]`` exactly for
+        these ``i``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_fastif.datasets import flip_labels
+    >>> y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    >>> y_noisy, flipped = flip_labels(y, 0.3)
+    >>> len(flipped), bool(np.all(y_noisy[flipped] != y[flipped]))
+    (3, True)
+    >>> np.flatnonzero(y_noisy != y).tolist() == flipped.tolist()
+    True
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}.")
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}.")
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"y must hold at least two classes to flip labels, got {classes}.")
+    rng = check_random_state(random_state)
+    n_flip = int(round(fraction * len(y)))
+    flipped = np.sort(rng.choice(len(y), size=n_flip, replace=False)).astype(np.int64)
+    # a shift of 1..K-1 classes: never the same class, uniform over the others
+    shift = rng.randint(1, len(classes), size=n_flip)
+    y_noisy = y.copy()
+    y_noisy[flipped] = classes[(codes[flipped] + shift) % len(classes)]
+    return y_noisy, flipped
+
+
+class TanhMLP(torch.nn.Module):
+    """A tanh multi-layer perceptron with named layers, returning logits.
+
+    ``n_in -> n_hidden (-> n_hidden ...) -> n_out``, a tanh after every hidden layer. The layers
+    are attributes ``hidden``, ``hidden2``, ``hidden3``, ... and ``output``, created in that
+    order (so a given ``torch.manual_seed`` gives the same weights as a hand-written module with
+    these layers), which lets an explainer select them by name (``params=["output"]``).
+
+    Parameters
+    ----------
+    n_in : int, default=64
+        Number of input features (64: the 8x8 digits).
+    n_hidden : int, default=32
+        Width of each hidden layer.
+    n_out : int, default=10
+        Number of outputs (classes).
+    n_hidden_layers : int, default=1
+        Number of hidden layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif.datasets import TanhMLP
+    >>> module = TanhMLP(n_in=6, n_hidden=8, n_out=3)
+    >>> module(torch.zeros(5, 6)).shape
+    torch.Size([5, 3])
+    >>> [name for name, _ in TanhMLP(n_hidden_layers=2).named_children()]
+    ['hidden', 'hidden2', 'output']
+    """
+
+    def __init__(
+        self, *, n_in: int = 64, n_hidden: int = 32, n_out: int = 10, n_hidden_layers: int = 1
+    ) -> None:
+        super().__init__()
+        if n_hidden_layers < 1:
+            raise ValueError(f"n_hidden_layers must be >= 1, got {n_hidden_layers}.")
+        self.hidden = torch.nn.Linear(n_in, n_hidden)
+        self._hidden_names = ["hidden"]
+        for i in range(2, n_hidden_layers + 1):
+            setattr(self, f"hidden{i}", torch.nn.Linear(n_hidden, n_hidden))
+            self._hidden_names.append(f"hidden{i}")
+        self.output = torch.nn.Linear(n_hidden, n_out)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(len(X), n_out)``."""
+        for name in self._hidden_names:
+            X = torch.tanh(getattr(self, name)(X))
+        return self.output(X)
+
+
+def make_mlp_classifier(
+    n_in: int = 64,
+    n_out: int = 10,
+    *,
+    n_hidden: int = 32,
+    n_hidden_layers: int = 1,
+    lr: float = 0.01,
+    max_epochs: int = 40,
+    batch_size: int = 64,
+    **params,
+) -> NeuralNetClassifier:
+    """An unfitted skorch classifier around :class:`TanhMLP`, trained with Adam.
+
+    The criterion is :class:`torch.nn.CrossEntropyLoss` (the module returns logits), the
+    optimizer :class:`torch.optim.Adam`, with no validation split and no printing: the settings
+    of the demo, for which the defaults are chosen.
+
+    Parameters
+    ----------
+    n_in : int, default=64
+        Number of input features.
+    n_out : int, default=10
+        Number of classes.
+    n_hidden : int, default=32
+        Width of each hidden layer.
+    n_hidden_layers : int, default=1
+        Number of hidden layers.
+    lr : float, default=0.01
+        Learning rate.
+    max_epochs : int, default=40
+        Number of training epochs.
+    batch_size : int, default=64
+        Minibatch size.
+    **params
+        Any other parameter of :class:`skorch.NeuralNetClassifier`; these take precedence over
+        the settings above (e.g. ``optimizer=torch.optim.SGD``, ``criterion=...``).
+
+    Returns
+    -------
+    net : skorch.NeuralNetClassifier
+        The unfitted net.
+
+    See Also
+    --------
+    train_mlp_classifier : Build and fit it in one call, from a seed.
+
+    Examples
+    --------
+    >>> from sk_fastif.datasets import make_mlp_classifier
+    >>> net = make_mlp_classifier(6, 3, n_hidden=8).initialize()
+    >>> sum(p.numel() for p in net.module_.parameters())
+    83
+    """
+    settings = {
+        "module__n_in": n_in,
+        "module__n_hidden": n_hidden,
+        "module__n_out": n_out,
+        "module__n_hidden_layers": n_hidden_layers,
+        "criterion": torch.nn.CrossEntropyLoss,
+        "optimizer": torch.optim.Adam,
+        "lr": lr,
+        "max_epochs": max_epochs,
+        "batch_size": batch_size,
+        "train_split": None,
+        "verbose": 0,
+    }
+    return NeuralNetClassifier(TanhMLP, **{**settings, **params})
+
+
+def train_mlp_classifier(
+    X, y, *, n_out: int | None = None, random_state: int = 0, **params
+) -> NeuralNetClassifier:
+    """Fit :func:`make_mlp_classifier` on ``X, y`` after seeding torch.
+
+    Calls ``torch.manual_seed(random_state)`` (which sets torch's global generator: the initial
+    weights and the minibatch order follow from it), then fits. The same seed and data give the
+    same weights.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features), dtype float32
+        Training features; ``n_features`` sets the module's ``n_in``.
+    y : ndarray of shape (n_samples,), dtype int64
+        Class indices.
+    n_out : int or None, default=None
+        Number of outputs; None: ``y.max() + 1``. Pass more to leave some outputs untrained.
+    random_state : int, default=0
+        Seed given to :func:`torch.manual_seed`.
+    **params
+        Arguments of :func:`make_mlp_classifier` (``n_hidden``, ``lr``, ``max_epochs``, ...)
+        or of :class:`skorch.NeuralNetClassifier`.
+
+    Returns
+    -------
+    net : skorch.NeuralNetClassifier
+        The fitted net.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_fastif.datasets import make_classification_split, train_mlp_classifier
+    >>> X_train, X_test, y_train, y_test = make_classification_split(80, 20, n_features=4)
+    >>> net = train_mlp_classifier(X_train, y_train, n_hidden=8, max_epochs=5)
+    >>> net.predict(X_test).shape
+    (20,)
+    """
+    n_out = int(np.max(y)) + 1 if n_out is None else n_out
+    torch.manual_seed(random_state)
+    net = make_mlp_classifier(np.shape(X)[1], n_out, **params)
+    return net.fit(X, y)
+
+
+def train_digits_net(
+    random_state: int = 0,
+    *,
+    split: str = "stratified",
+    n_train: int | None = None,
+    n_test: int | None = None,
+    **params,
+) -> tuple[NeuralNetClassifier, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split the digits and train a 64-32-10 tanh MLP on the training part (the demo's net).
+
+    :func:`load_digits_split` (80/20, stratified, by default) then :func:`train_mlp_classifier`
+    with Adam, ``lr=0.01``, 40 epochs of minibatches of 64, both seeded by ``random_state``.
+
+    Parameters
+    ----------
+    random_state : int, default=0
+        Seed of the split and of :func:`torch.manual_seed` before training.
+    split : {"stratified", "random", "permutation"}, default="stratified"
+        How :func:`load_digits_split` divides the rows.
+    n_train, n_test : int or None, default=None
+        Sizes of the two parts, as in :func:`load_digits_split`.
+    **params
+        Arguments of :func:`make_mlp_classifier` (``n_hidden``, ``max_epochs``, ...).
+
+    Returns
+    -------
+    net : skorch.NeuralNetClassifier
+        The fitted net.
+    X_train, X_test, y_train, y_test : ndarray
+        The split, as :func:`load_digits_split` returns it.
+
+    Examples
+    --------
+    >>> from sk_fastif.datasets import train_digits_net
+    >>> net, X_train, X_test, y_train, y_test = train_digits_net(
+    ...     split="permutation", n_train=200, n_test=50, max_epochs=1)
+    >>> net.predict(X_test).shape
+    (50,)
+    """
+    X_train, X_test, y_train, y_test = load_digits_split(
+        split=split, n_train=n_train, n_test=n_test, random_state=random_state)
+    net = train_mlp_classifier(X_train, y_train, n_out=10, random_state=random_state, **params)
+    return net, X_train, X_test, y_train, y_test

@@ -202,14 +202,15 @@ def speed_for_size(n, args, rows_b, rows_c, recall_problem=False):
         for name, e in configs.items():
             times[name].append(timed(e.influences, x, yy)[1])
         # ---- (c) the stages that depend on n, with factors from the cheapest solver (the
-        # cost of scoring does not depend on the factors' values); private stage methods
+        # cost of scoring does not depend on the factors' values), through the engine
         e = fast[next(iter(fast))]
-        Xt, yt = e._data(x, yy)
-        S = e._query_factors(Xt, yt, "each")
-        stages["exhaustive scoring"].append(timed(ref._dense_scores, S)[1])
-        C, t_query = timed(e._shortlists, Xt, "each")
+        Xt, yt = e.as_engine_input(x, yy)
+        S = e.engine_.factors(e.engine_.gradients(Xt, yt)).solution
+        stages["exhaustive scoring"].append(timed(ref.engine_.score_rows, S)[1])
+        (C, _), t_query = timed(e.candidates_.kneighbors, e.net_, Xt)
         stages["kNN query"].append(t_query)
-        stages["kNN scoring"].append(timed(e._candidate_scores, S, np.sort(C, axis=1))[1])
+        stages["kNN scoring"].append(timed(e.engine_.score_candidates, S,
+                                           np.sort(C, axis=1))[1])
     t = {name: float(np.median(v)) for name, v in times.items()}
     st = {name: float(np.median(v)) for name, v in stages.items()}
 

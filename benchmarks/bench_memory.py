@@ -128,7 +128,8 @@ def child(args) -> None:
                                   batch_size=args.batch_size, random_state=0).fit(X, y)
         t_fit = time.perf_counter() - t0
         factors = torch.as_tensor(expl.influence_factors(X_test))
-        G = expl.bridge_.gradients(expl._X_train, expl._y_train)  # n x n_params at once
+        engine = expl.engine_
+        G = engine.bridge.gradients(engine.X_train, engine.y_train)  # n x n_params at once
         scores = (factors @ G.T).numpy() / len(X)
         top = np.argsort(-scores, axis=1)[:, 0].tolist()
     t_total = time.perf_counter() - t0

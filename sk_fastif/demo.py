@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._explainer import InfluenceExplainer
+from . import InfluenceExplainer
 from .datasets import TanhMLP, train_digits_net
 from .solvers import CG
 

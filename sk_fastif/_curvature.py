@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,6 +18,10 @@ from torch.func import grad, jvp, vjp, vmap
 from ._gradients import VMAP_ERRORS
 
 __all__ = ["CurvatureOperator", "CurvatureProducts"]
+
+# torch.func.jvp enters a process-wide forward-AD level: two threads computing Gauss-Newton
+# products at once break each other's (the threading backend of joblib runs workers as threads).
+_FORWARD_AD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,13 @@ class CurvatureProducts:
 
     def _batch_ggn(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Products of the Gauss-Newton matrix of the mean loss over (X, y) with each row of V."""
-        if self.bridge.use_vmap:
-            try:
-                return self._batch_ggn_vmap(V, X, y)
-            except VMAP_ERRORS as exc:
-                self.bridge.disable_vmap(exc)
-        return self._batch_ggn_loop(V, X, y)
+        with _FORWARD_AD_LOCK:  # torch's forward-mode AD levels are shared by all threads
+            if self.bridge.use_vmap:
+                try:
+                    return self._batch_ggn_vmap(V, X, y)
+                except VMAP_ERRORS as exc:
+                    self.bridge.disable_vmap(exc)
+            return self._batch_ggn_loop(V, X, y)
 
     def _batch_ggn_loop(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The same products, one sample and one vector at a time (fallback without vmap)."""

@@ -16,6 +16,7 @@ Scores follow the package's one convention, ``score(z, z_j) = (1/n) g(z)ᵀ (H +
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 
 import joblib
@@ -28,13 +29,15 @@ from ._curvature import CurvatureProducts
 from ._gradients import NetBridge
 from .solvers import BaseSolver, SolveResult
 
-__all__ = ["InfluenceEngine"]
+__all__ = ["InfluenceEngine", "merge_results"]
 
 
-def _merge_results(results: list[SolveResult], S: torch.Tensor) -> SolveResult:
+def merge_results(results: list[SolveResult], S: torch.Tensor) -> SolveResult:
     """One :class:`SolveResult` for a solve done in blocks: the block trace maxima per step."""
     if len(results) == 1:
-        return results[0]
+        return SolveResult(solution=S, trace=results[0].trace, n_hvp=results[0].n_hvp,
+                           converged=results[0].converged, n_iter=results[0].n_iter,
+                           info=dict(results[0].info))
     n_steps = max((len(r.trace) for r in results), default=0)
     trace = [max(r.trace[i] for r in results if i < len(r.trace)) for i in range(n_steps)]
     return SolveResult(
@@ -150,9 +153,17 @@ class InfluenceEngine:
         state = self.__dict__.copy()
         state.pop("op", None)  # partials over the training tensors: rebuilt on loading
         state.pop("products", None)
+        for name in ("X_train", "y_train"):  # as numpy: joblib memory-maps large arrays
+            if state[name].device.type == "cpu":
+                state[name] = state[name].numpy()
         return state
 
     def __setstate__(self, state: dict) -> None:
+        for name in ("X_train", "y_train"):
+            if isinstance(state[name], np.ndarray):
+                with warnings.catch_warnings():  # a read-only memory map: never written to
+                    warnings.simplefilter("ignore", UserWarning)
+                    state[name] = torch.from_numpy(state[name])
         self.__dict__.update(state)
         self._build_operator()
 
@@ -246,7 +257,7 @@ class InfluenceEngine:
         S = torch.cat(out) if out else G.new_zeros((0, G.shape[1]))
         if not results:
             return SolveResult(solution=S, trace=[], n_hvp=0, converged=True)
-        return _merge_results(results, S)
+        return merge_results(results, S)
 
     def residuals(self, S: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         """``‖(H + λI) s − g‖ / ‖g‖`` per row (NaN where ``g`` is exactly zero)."""

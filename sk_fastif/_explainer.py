@@ -22,6 +22,7 @@ from . import _validation as val
 from ._engine import InfluenceEngine
 from ._explanation import Explanation
 from ._inputs import InputTransformer
+from ._parallel import Dispatcher, ParallelEngine, check_devices
 from ._random import fit_seeds, needs_seed, seed_selector, seed_solver
 from .metrics import candidate_recall
 from .neighbors import BaseCandidates, LowCandidateRecallWarning
@@ -71,6 +72,16 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         output (cross-entropy, MSE, BCE); use it when the Hessian has negative eigenvalues.
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
+    n_jobs : int or None, default=None
+        Workers for the solves (blocks of ``batch_size`` test points), the scoring pass
+        (partitions of the training set) and self-influence, through joblib: ``None`` means 1
+        unless a :func:`joblib.parallel_config` context says otherwise, ``-1`` all cores. Any
+        joblib backend works (loky by default, ``"threading"``, ``"dask"`` with a
+        ``dask.distributed.Client``); each worker gets the fitted engine once per call, limits
+        its threads to its share of the cores, and results do not depend on ``n_jobs``.
+    devices : list of str or None, default=None
+        Devices the workers are bound to, round-robin (e.g. ``["cuda:0", "cuda:1"]``); ``None``
+        uses the net's device. A device that does not exist is refused by :meth:`fit`.
     random_state : int, RandomState instance or None, default=None
         :meth:`fit` draws one :class:`numpy.random.SeedSequence` from it (``None``: from numpy's
         global generator) and spawns the seeds of a stochastic solver whose own
@@ -98,6 +109,8 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         The net's task kind (classifier, binary, regressor) and target encoding.
     seeds_ : FitSeeds
         The seeds spawned by :meth:`fit`.
+    devices_ : list of torch.device
+        The devices of ``devices``, checked.
     n_params_, param_names_ : int, list of str
         Number and names of the parameters differentiated.
     n_train_ : int
@@ -134,18 +147,23 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         "params": [list, tuple, str, None],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [Integral, None],
+        "devices": [list, tuple, str, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, estimator, *, solver=None, candidates=None, params=None,
-                 curvature="hessian", batch_size=256, random_state=None, verbose=0):
+                 curvature="hessian", batch_size=256, n_jobs=None, devices=None,
+                 random_state=None, verbose=0):
         self.estimator = estimator
         self.solver = solver
         self.candidates = candidates
         self.params = params
         self.curvature = curvature
         self.batch_size = batch_size
+        self.n_jobs = n_jobs
+        self.devices = devices
         self.random_state = random_state
         self.verbose = verbose
 
@@ -197,6 +215,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         except ValueError as exc:  # an invalid solver setting: say which object holds it
             raise ValueError(f"solver={solver!r}: {exc}") from exc
         self.engine_ = engine
+        self.devices_ = check_devices(self.devices, engine.device)
         self.n_train_, self.n_params_ = engine.n_train, engine.n_params
         self.param_names_ = list(engine.bridge.selected)
         self.seeds_ = seeds
@@ -212,6 +231,14 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
     # ================================================================================== inputs
     def _check_fitted(self):
         check_is_fitted(self, ["engine_", "solver_", "candidates_"])
+
+    def parallel_engine(self) -> ParallelEngine:
+        """The fitted engine, its heavy methods dispatched over ``n_jobs`` workers on ``devices``.
+
+        Used by every public method; results do not depend on ``n_jobs`` or the backend.
+        """
+        self._check_fitted()
+        return ParallelEngine(self.engine_, Dispatcher(self.n_jobs, self.devices_, self.verbose))
 
     def _check_features(self, X) -> None:
         compat.validate_data(self, X, reset=False, skip_check_array=True)
@@ -242,11 +269,12 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
 
     def _factors(self, Xt, yt, query: str = "each",
                  consequence: str = "their influence scores are all 0") -> torch.Tensor:
-        G = self.engine_.gradients(Xt, yt)
+        engine = self.parallel_engine()
+        G = engine.gradients(Xt, yt)
         if query == "mean":
             G = G.mean(dim=0, keepdim=True)
         val.warn_zero_gradients(G, consequence, stacklevel=3)
-        res = self.engine_.factors(G)
+        res = engine.factors(G)
         self.last_solve_ = res
         return res.solution
 
@@ -279,10 +307,11 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         Xt, yt = self.as_engine_input(X, y)
         S = self._factors(Xt, yt, query)
         labels = yt.cpu().numpy() if query == "each" else None
+        engine = self.parallel_engine()
         if self.candidates_ is None:
-            return self.engine_.score_rows(S), None, labels
+            return engine.score_rows(S), None, labels
         pool = self._shortlists(Xt, query)
-        return self.engine_.score_candidates(S, pool), pool, labels
+        return engine.score_candidates(S, pool), pool, labels
 
     def influences(self, X, y=None, *, query: str = "each"):
         """Influence of the training points on each test point.
@@ -404,8 +433,8 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         if X is None:
             if y is not None:
                 raise ValueError("y given without X: pass both, or neither for the training set.")
-            return self.engine_.self_scores()
-        return self.engine_.self_scores_data(*self.as_engine_input(X, y))
+            return self.parallel_engine().self_scores()
+        return self.parallel_engine().self_scores(*self.as_engine_input(X, y))
 
     def score(self, X, y=None) -> float:
         """Minus the mean relative residual of the iHVPs: higher is better, 0 is exact.
@@ -435,7 +464,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         G = self.engine_.gradients(Xt, yt)
         val.warn_zero_gradients(G, "they are solved exactly (by 0) and left out of the score",
                                 stacklevel=2)
-        res = self.engine_.factors(G)
+        res = self.parallel_engine().factors(G)
         self.last_solve_ = res
         rel = self.engine_.residuals(res.solution, G)
         rel = rel[torch.isfinite(rel)]

@@ -129,7 +129,7 @@ def _explainer_and_input(estimator, X):
         if len(estimator.steps) > 1:
             X = estimator[:-1].transform(X)
         estimator = estimator.steps[-1][1]
-    if not (hasattr(estimator, "as_engine_input") and hasattr(estimator, "influences")):
+    if not (hasattr(estimator, "parallel_engine") and hasattr(estimator, "influences")):
         raise TypeError(
             "an influence scorer scores a fitted InfluenceExplainer (or a Pipeline ending in "
             f"one); got {type(estimator).__name__}."
@@ -152,7 +152,7 @@ def _fingerprint(explainer, reference, X, y) -> str:
 
 def _reference_influences(explainer, reference, X, y) -> np.ndarray:
     """Exhaustive influences of the explainer's fitted net and data with the reference solver."""
-    engine = explainer.engine_.with_solver(clone(reference))
+    engine = explainer.parallel_engine().with_solver(clone(reference))
     Xt, yt = explainer.as_engine_input(X, y)
     # every training point: the truth a shortlist is judged against
     return engine.score_rows(engine.factors(engine.gradients(Xt, yt)).solution)
@@ -412,7 +412,7 @@ def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpfu
         X = _safe_indexing(X, sample)
         y = None if y is None else _safe_indexing(y, sample)
     Xt, yt = explainer.as_engine_input(X, y)
-    engine = explainer.engine_
+    engine = explainer.parallel_engine()
     # the same iHVPs for the exhaustive scores and the shortlists: only the pruning is measured
     S = engine.factors(engine.gradients(Xt, yt)).solution
     scores = engine.score_rows(S)

@@ -1,0 +1,192 @@
+"""Parallel and distributed scoring: the same numbers on every backend, faults that surface.
+
+Every backend (loky worker processes, threads, a real Dask ``LocalCluster``) must return the
+sequential results, an error in a worker must reach the caller with its type, its message and
+the work unit, and the user's net must come out unchanged.
+"""
+
+import copy
+import logging
+import os
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier
+
+from sk_fastif import InfluenceExplainer
+from sk_fastif._parallel import check_devices, split_units
+from sk_fastif.datasets import TanhMLP
+from sk_fastif.neighbors import ExactCandidates
+from sk_fastif.solvers import Exact, LiSSA
+
+SOLVERS = {
+    "Exact": Exact(damping=0.05),
+    "LiSSA": LiSSA(damping=0.05, depth=20, batch_size=16, random_state=0),
+}
+
+
+class FailingMLP(TanhMLP):
+    """Fails on demand, in worker processes only (the caller's process computes as usual)."""
+
+    mode = None  # "raise" or "exit"
+    caller = None  # the process id of the caller
+
+    def forward(self, X):
+        import os
+
+        if self.mode is not None and os.getpid() != self.caller:
+            if self.mode == "raise":
+                raise RuntimeError("boom in the module")
+            os._exit(3)
+        return super().forward(X)
+
+
+@pytest.fixture(scope="module")
+def data(digits):
+    Xtr, ytr, Xte, yte = digits
+    return Xtr[:240], ytr[:240], Xte[:12], yte[:12]
+
+
+def _explainer(net, data, solver, curvature="gauss_newton", **kw):
+    Xtr, ytr, _, _ = data
+    return InfluenceExplainer(net, solver=copy.deepcopy(solver), params=["output"],
+                              curvature=curvature, batch_size=16, **kw).fit(Xtr, ytr)
+
+
+def _all_results(e, data):
+    _, _, Xte, yte = data
+    return {
+        "influences": e.influences(Xte, yte),
+        "factors": e.influence_factors(Xte, yte),
+        "self": e.self_influence(),
+        "self_X": e.self_influence(Xte, yte),
+        "score": e.score(Xte, yte),
+    }
+
+
+def _assert_same(a, b):
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5,
+                                   atol=1e-7 * np.abs(a[key]).max(), err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def sequential(digits_mlp, data):
+    return {name: _all_results(_explainer(digits_mlp, data, s), data)
+            for name, s in SOLVERS.items()}
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_loky_workers_return_the_sequential_numbers(digits_mlp, data, sequential, name):
+    e = _explainer(digits_mlp, data, SOLVERS[name], n_jobs=2)
+    _assert_same(sequential[name], _all_results(e, data))
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_threads_return_the_sequential_numbers(digits_mlp, data, sequential, name):
+    e = _explainer(digits_mlp, data, SOLVERS[name], n_jobs=2)
+    with joblib.parallel_config(backend="threading"):
+        _assert_same(sequential[name], _all_results(e, data))
+
+
+def test_a_dask_local_cluster_returns_the_sequential_numbers(digits_mlp, data, sequential):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster):
+        for name, solver in SOLVERS.items():
+            e = _explainer(digits_mlp, data, solver, n_jobs=2)
+            with joblib.parallel_config(backend="dask"):
+                _assert_same(sequential[name], _all_results(e, data))
+
+
+def test_devices_and_candidates(digits_mlp, data):
+    Xtr, ytr, Xte, yte = data
+    kw = dict(candidates=ExactCandidates(n_neighbors=30))
+    seq = _explainer(digits_mlp, data, SOLVERS["Exact"], **kw)
+    par = _explainer(digits_mlp, data, SOLVERS["Exact"], n_jobs=2, devices=["cpu", "cpu"], **kw)
+    a, b = seq.influences(Xte, yte), par.influences(Xte, yte)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-7 * np.abs(a.data).max())
+    ra = seq.audit_candidates(Xte, yte, top=5)
+    rb = par.audit_candidates(Xte, yte, top=5)
+    assert ra.recall == rb.recall
+
+
+def test_a_device_that_does_not_exist_is_refused_at_fit(digits_mlp, data):
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match="does not exist"):
+        _explainer(digits_mlp, data, SOLVERS["Exact"], devices=[f"cuda:{n}"])
+    with pytest.raises(ValueError, match="not a torch device"):
+        _explainer(digits_mlp, data, SOLVERS["Exact"], devices=["gpu-please"])
+    with pytest.raises(ValueError, match="at least one"):
+        check_devices([], torch.device("cpu"))
+    assert check_devices(None, torch.device("cpu")) == [torch.device("cpu")]
+
+
+def test_split_units_cover_the_range_in_order():
+    units = split_units(10, 4)
+    assert units == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert split_units(0, 4) == []
+
+
+@pytest.fixture()
+def failing(data):
+    Xtr, ytr, _, _ = data
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(FailingMLP, criterion=torch.nn.CrossEntropyLoss, max_epochs=2,
+                              lr=0.1, train_split=None, verbose=0).fit(Xtr, ytr)
+    yield net
+    net.module_.mode = None
+
+
+def _state(net):
+    return {k: v.clone() for k, v in net.module_.state_dict().items()}
+
+
+def test_an_error_in_a_worker_reaches_the_caller_with_its_work_unit(failing, data):
+    _, _, Xte, yte = data
+    e = _explainer(failing, data, LiSSA(damping=0.05, scale=5.0, depth=5, batch_size=16,
+                                        random_state=0), curvature="hessian", n_jobs=2)
+    expected = e.set_params(n_jobs=None).influences(Xte, yte)
+    before = _state(failing)
+    failing.module_.mode, failing.module_.caller = "raise", os.getpid()
+    with pytest.raises(RuntimeError, match="boom in the module") as info:
+        e.set_params(n_jobs=2).influences(Xte, yte)
+    assert any("work unit" in note for note in getattr(info.value, "__notes__", []))
+    failing.module_.mode = None
+    for k, v in _state(failing).items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    np.testing.assert_allclose(e.influences(Xte, yte), expected, rtol=1e-5,
+                               atol=1e-7 * np.abs(expected).max())
+
+
+def test_a_killed_worker_gives_a_clear_error(failing, data):
+    _, _, Xte, yte = data
+    e = _explainer(failing, data, LiSSA(damping=0.05, scale=5.0, depth=5, batch_size=16,
+                                        random_state=0), curvature="hessian", n_jobs=2)
+    before = _state(failing)
+    failing.module_.mode, failing.module_.caller = "exit", os.getpid()
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    with pytest.raises(TerminatedWorkerError, match="terminated"):
+        e.influences(Xte, yte)
+    failing.module_.mode = None
+    for k, v in _state(failing).items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert np.all(np.isfinite(e.influences(Xte, yte)))  # fresh workers afterwards
+
+
+def test_progress_and_timings(digits_mlp, data, capsys, caplog):
+    _, _, Xte, yte = data
+    e = _explainer(digits_mlp, data, SOLVERS["Exact"], n_jobs=2, verbose=1)
+    with caplog.at_level(logging.INFO, logger="sk_fastif"):
+        e.influences(Xte, yte)
+    err = capsys.readouterr().err
+    assert "scoring" in err  # the progress bar over the training partitions
+    messages = [r.getMessage() for r in caplog.records]
+    for phase in ("gradients", "solve", "scoring"):
+        assert any(m.startswith(f"{phase}: ") for m in messages), (phase, messages)
+    assert any(m.startswith("scoring: 240 rows") and "(2 workers)" in m for m in messages)

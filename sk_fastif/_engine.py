@@ -16,6 +16,7 @@ Scores follow the package's one convention, ``score(z, z_j) = (1/n) g(z)ᵀ (H +
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Iterator
 
@@ -48,6 +49,18 @@ def merge_results(results: list[SolveResult], S: torch.Tensor) -> SolveResult:
         n_iter=max(r.n_iter for r in results),
         info=dict(results[-1].info),
     )
+
+
+class _Counted:
+    """A curvature product that advances a progress bar by the number of vectors."""
+
+    def __init__(self, fn, bar) -> None:
+        self.fn, self.bar = fn, bar
+
+    def __call__(self, V: torch.Tensor, *args):
+        out = self.fn(V, *args)
+        self.bar.update(int(V.shape[0]))
+        return out
 
 
 class InfluenceEngine:
@@ -168,8 +181,20 @@ class InfluenceEngine:
         self._build_operator()
 
     def prepare(self) -> InfluenceEngine:
-        """Prepare the solver for the operator (factorise, estimate a scale); returns self."""
-        self.solver.prepare(self.op)
+        """Prepare the solver for the operator (factorise, estimate a scale); returns self.
+
+        With ``verbose > 0`` a progress bar counts the curvature products it spends
+        (``Exact``'s curvature build, ``LiSSA``'s power iterations).
+        """
+        if not self.verbose:
+            self.solver.prepare(self.op)
+            return self
+        with tqdm(desc="fit: curvature products", unit="product", leave=False) as bar:
+            # the same values (and fingerprint), products counted: the solver is prepared for
+            # self.op afterwards
+            counted = dataclasses.replace(self.op, matvec=_Counted(self.op.matvec, bar),
+                                          batch_matvec=_Counted(self.op.batch_matvec, bar))
+            self.solver.prepare(counted)
         return self
 
     @property

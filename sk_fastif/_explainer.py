@@ -73,8 +73,9 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
     n_jobs : int or None, default=None
-        Workers for the solves (blocks of ``batch_size`` test points), the scoring pass
-        (partitions of the training set) and self-influence, through joblib: ``None`` means 1
+        Workers for the solves (blocks of ``batch_size`` test points, and LiSSA's
+        ``n_repeats`` chains), the scoring pass (partitions of the training set), candidate
+        scoring and self-influence, through joblib: ``None`` means 1
         unless a :func:`joblib.parallel_config` context says otherwise, ``-1`` all cores. Any
         joblib backend works (loky by default, ``"threading"``, ``"dask"`` with a
         ``dask.distributed.Client``); each worker gets the fitted engine once per call, limits

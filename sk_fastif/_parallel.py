@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -87,14 +88,19 @@ def _thread_limits(n_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _run_share(engine, device: torch.device, n_threads: int | None, kernel: Callable,
-               units: Sequence[tuple[int, object]], shared: tuple) -> list:
+def _run_share(boxed: tuple, device: torch.device, n_threads: int | None, kernel: Callable,
+               units: Sequence[tuple[int, object]], shared: tuple, filters: list) -> list:
     """Worker: run ``kernel(engine, unit, *shared)`` on each unit of the share, in order.
 
     In the caller's own process (threading backend) the engine is copied first, so no two
-    threads share a module; in a worker process the unpickled engine is already private.
+    threads share a module; in a worker process the unpickled engine is already private. The
+    caller's warning filters apply in the worker too. ``boxed`` holds the engine in a tuple:
+    Dask's joblib backend would scatter a bare engine to one worker, and the data locality of
+    that copy would then run every share of the call on that one worker.
     """
-    with _thread_limits(n_threads):
+    (engine,) = boxed
+    with _thread_limits(n_threads), warnings.catch_warnings():
+        warnings.filters[:] = filters
         if os.getpid() == _PARENT_PID or engine.device != device:
             engine = engine.to(device)
         engine.verbose = 0  # a private copy: the caller's bar counts the units
@@ -149,8 +155,8 @@ class Dispatcher:
         shares = [list(enumerate(units))[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         n_threads = max(1, cpu_count() // n_shares) if n_shares > 1 else None
         tasks = (
-            delayed(_run_share)(engine, self.devices[i % len(self.devices)], n_threads, kernel,
-                                share, shared)
+            delayed(_run_share)((engine,), self.devices[i % len(self.devices)], n_threads, kernel,
+                                share, shared, list(warnings.filters))
             for i, share in enumerate(shares)
         )
         bar = tqdm(total=len(units), desc=desc, leave=False, disable=not self.verbose)
@@ -229,14 +235,54 @@ class ParallelEngine:
         with self._timed("solve", len(G)):
             if not self._parallel:
                 return self.engine.factors(G)
+            n_workers = self.dispatcher.n_workers
+            n_repeats = int(self.engine.solver.get_params().get("n_repeats", 1))
+            if n_repeats > 1 and hasattr(self.engine.solver, "solve_chains"):
+                return self._factors_by_chains(G, n_repeats)
             # blocks of batch_size test points, smaller when that leaves a worker idle (a
             # solution never depends on the block it is solved in)
-            size = min(self.engine.bridge.batch_size, -(-len(G) // self.dispatcher.n_workers))
+            size = min(self.engine.bridge.batch_size, -(-len(G) // n_workers))
             units = split_units(len(G), size)
             results = self.dispatcher.map(self.engine, _factors, units, G, desc="solves")
             S = torch.cat([r.solution.to(G.device) for r in results]) if results else G[:0]
             self._adopt_restarts(results)
             return merge_results(results, S)
+
+    def _factors_by_chains(self, G: torch.Tensor, n_repeats: int):
+        """LiSSA's ``n_repeats`` chains spread over the workers, and averaged (FastIF's variant).
+
+        Units are (block of test points, group of chains). The groups of a block must end at
+        one scale to be averaged: a group that an automatic-scale restart left behind is run
+        again at the scale the others reached, as a sequential solve would have done.
+        """
+        n_groups = min(n_repeats, self.dispatcher.n_workers)
+        groups = [tuple(int(r) for r in g) for g in np.array_split(np.arange(n_repeats), n_groups)]
+        blocks = split_units(len(G), self.engine.bridge.batch_size)
+        units = [(rows, g, None) for rows in blocks for g in groups]
+        results = self.dispatcher.map(self.engine, _chains, units, G, desc="LiSSA chains")
+        self._adopt_restarts(results)
+        while True:
+            by_block = [results[i * n_groups:(i + 1) * n_groups] for i in range(len(blocks))]
+            top = [max(float(r.info["scale"]) for r in rs) for rs in by_block]
+            behind = [(b, j) for b, rs in enumerate(by_block) for j, r in enumerate(rs)
+                      if float(r.info["scale"]) < top[b]]
+            if not behind:
+                break
+            redo = [(blocks[b], groups[j], top[b]) for b, j in behind]
+            again = self.dispatcher.map(self.engine, _chains, redo, G, desc="LiSSA chains")
+            self._adopt_restarts(again)
+            for (b, j), r in zip(behind, again):
+                results[b * n_groups + j] = r
+        merged = []
+        for rs in by_block:
+            S = sum(r.solution.to(G.device) for r in rs[1:]) + rs[0].solution.to(G.device)
+            block = merge_results(rs, S)
+            block.n_hvp = sum(r.n_hvp for r in rs)
+            merged.append(block)
+        S = torch.cat([m.solution for m in merged]) if merged else G[:0]
+        result = merge_results(merged, S)
+        result.info.pop("repeats", None)
+        return result
 
     def _adopt_restarts(self, results) -> None:
         """Keep a scale that a worker's restart doubled (as a sequential solve would)."""
@@ -281,3 +327,8 @@ class ParallelEngine:
             parts = self.dispatcher.map(self.engine, _self_scores, units, X, y,
                                         desc="self-influence")
             return np.concatenate(parts)
+
+
+def _chains(engine, unit: tuple[slice, tuple[int, ...], float | None], G: torch.Tensor):
+    rows, repeats, scale = unit
+    return engine.solver.solve_chains(engine.op, G[rows], repeats, scale=scale)

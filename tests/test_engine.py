@@ -171,3 +171,12 @@ def test_engine_built_directly_from_a_net(digits, digits_mlp):
     G = engine.gradients(torch.as_tensor(Xte[:3]), torch.as_tensor(yte[:3]))
     np.testing.assert_allclose(engine.score_rows(engine.factors(G).solution),
                                expl.influences(Xte[:3], yte[:3]), rtol=1e-6)
+
+
+def test_fit_shows_the_progress_of_the_curvature_build(digits, digits_mlp, capsys):
+    Xtr, ytr, _, _ = digits
+    expl = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05), params=["output"],
+                              verbose=1).fit(Xtr[:100], ytr[:100])
+    err = capsys.readouterr().err
+    assert "fit: curvature products" in err
+    assert expl.engine_.is_prepared  # the counted operator had the same fingerprint

@@ -8,6 +8,7 @@ the work unit, and the user's net must come out unchanged.
 import copy
 import logging
 import os
+import warnings
 
 import joblib
 import numpy as np
@@ -19,7 +20,7 @@ from sk_fastif import InfluenceExplainer
 from sk_fastif._parallel import check_devices, split_units
 from sk_fastif.datasets import TanhMLP
 from sk_fastif.neighbors import ExactCandidates
-from sk_fastif.solvers import Exact, LiSSA
+from sk_fastif.solvers import Exact, LiSSA, ScaleRestartWarning
 
 SOLVERS = {
     "Exact": Exact(damping=0.05),
@@ -190,3 +191,38 @@ def test_progress_and_timings(digits_mlp, data, capsys, caplog):
     for phase in ("gradients", "solve", "scoring"):
         assert any(m.startswith(f"{phase}: ") for m in messages), (phase, messages)
     assert any(m.startswith("scoring: 240 rows") and "(2 workers)" in m for m in messages)
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_lissa_chains_run_in_parallel_and_average_to_the_sequential_solve(digits_mlp, data,
+                                                                         backend):
+    _, _, Xte, yte = data
+    solver = LiSSA(damping=0.05, depth=20, batch_size=16, n_repeats=3, random_state=0)
+    seq = _explainer(digits_mlp, data, solver)
+    a = seq.influences(Xte, yte)
+    par = _explainer(digits_mlp, data, solver, n_jobs=2)
+    with joblib.parallel_config(backend=backend):
+        b = par.influences(Xte, yte)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7 * np.abs(a).max())
+    # the same chains, the same minibatches: the same number of curvature products
+    assert par.last_solve_.n_hvp == seq.last_solve_.n_hvp
+
+
+def test_chains_left_behind_by_a_restart_are_rerun_at_the_common_scale(ridge_net, monkeypatch):
+    from sk_fastif.solvers import _lissa
+
+    net, X, y = ridge_net
+    # an underestimated top eigenvalue: the automatic scale starts too small and restarts
+    monkeypatch.setattr(_lissa, "_SAFETY", 0.3)
+    # one group of chains restarts (chain 2), the other not: it is rerun at the doubled scale
+    kw = dict(damping=1e-2, batch_size=20, depth=300, n_repeats=4, random_state=0)
+    seq = InfluenceExplainer(net, solver=LiSSA(**kw), random_state=0).fit(X, y)
+    par = InfluenceExplainer(net, solver=LiSSA(**kw), random_state=0, n_jobs=2).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScaleRestartWarning)
+        a = seq.influences(X[:5], y[:5])
+        with joblib.parallel_config(backend="threading"):  # the patched module is shared
+            b = par.influences(X[:5], y[:5])
+    assert len(seq.solver_.restarts_) == 1 and [r["repeat"] for r in par.solver_.restarts_] == [2]
+    assert par.solver_.scale_ == seq.solver_.scale_
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7 * np.abs(a).max())

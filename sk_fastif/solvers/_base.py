@@ -171,6 +171,10 @@ class BaseSolver(BaseEstimator):
             When the solver diverges, or its solution would contain non-finite values; the
             message names the setting to change.
         """
+        return self._template_solve(op, G)
+
+    def _template_solve(self, op: CurvatureOperator, G: torch.Tensor, **options) -> SolveResult:
+        """The body of :meth:`solve`; ``options`` go to :meth:`_solve` (partial solves)."""
         n_hvp_prepare = 0
         if self.is_prepared_for(op):
             _check_operator(op)
@@ -179,7 +183,7 @@ class BaseSolver(BaseEstimator):
             self.prepare(op)
             n_hvp_prepare = self.n_hvp_prepare_
         G = _check_rhs(op, G)
-        result = self._solve(op, G)
+        result = self._solve(op, G, **options)
         if not bool(torch.isfinite(result.solution).all()):
             raise DivergenceError(self._nonfinite_message(op))
         result.n_hvp += n_hvp_prepare

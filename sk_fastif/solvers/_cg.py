@@ -153,7 +153,7 @@ class CG(BaseSolver):
                 f"residual is {float(rel.max()):.3g} > tol={tol:g} for {int(active.sum())} of "
                 f"{m} right-hand sides. Raise `max_iter` or `damping`.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,  # warn <- _solve <- _template_solve <- solve <- the caller
             )
         return SolveResult(
             solution=X.to(op.dtype), trace=trace, n_hvp=n_hvp, converged=converged, n_iter=n_iter

@@ -269,24 +269,59 @@ class LiSSA(BaseSolver):
 
     # ------------------------------------------------------------------------------------------
 
-    def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
+    def solve_chains(self, op: CurvatureOperator, G: torch.Tensor, repeats,
+                     scale: float | None = None) -> SolveResult:
+        """Run only the chains ``repeats`` of what :meth:`solve` runs, to spread them out.
+
+        Chain ``r`` uses the same minibatches as in :meth:`solve`, and the solution is the sum
+        of the chains' estimates divided by ``n_repeats``: for a partition of
+        ``range(n_repeats)`` solved at one ``info["scale"]`` the solutions add up to
+        :meth:`solve`'s. ``scale`` overrides ``scale_`` (to rerun a group at the scale another
+        group's restart reached). Restarts of ``scale="auto"`` behave as in :meth:`solve`.
+
+        Parameters
+        ----------
+        op : CurvatureOperator
+            The operator.
+        G : torch.Tensor of shape (m, n_params)
+            Right-hand sides, one per row.
+        repeats : sequence of int
+            Chains to run, each in ``[0, n_repeats)``.
+        scale : float or None, default=None
+            The scale to start from; None uses ``scale_``.
+
+        Returns
+        -------
+        SolveResult
+            ``info["scale"]`` is the scale the chains ended at, ``info["repeats"]`` the chains.
+        """
+        repeats = [int(r) for r in repeats]
+        if not repeats or any(not 0 <= r < int(self.n_repeats) for r in repeats):
+            raise ValueError(f"repeats must be chains in [0, n_repeats={self.n_repeats}); "
+                             f"got {repeats!r}.")
+        return self._template_solve(op, G, repeats=repeats, scale=scale)
+
+    def _solve(self, op: CurvatureOperator, G: torch.Tensor, repeats=None,
+               scale: float | None = None) -> SolveResult:
         """Estimate ``(H + damping * I)^{-1} g`` for every row ``g`` of ``G``."""
         p = self._settings()
         G = G.detach()
 
         rng = check_random_state(self.random_state)
         seeds = [int(s) for s in rng.randint(0, np.iinfo(np.int32).max, size=p["n_repeats"])]
+        chains = range(len(seeds)) if repeats is None else repeats
 
         n_hvp = 0
         restarts: list[dict] = []
-        scale = self.scale_
+        scale = self.scale_ if scale is None else float(scale)
         while True:
             total = torch.zeros_like(G)
             trace: list[float] = []
             converged = True
             try:
-                for r, seed in enumerate(seeds):
-                    h, chain_trace, chain_hvp, chain_conv = self._chain(op, G, seed, r, scale, p)
+                for r in chains:
+                    h, chain_trace, chain_hvp, chain_conv = self._chain(op, G, seeds[r], r,
+                                                                        scale, p)
                     n_hvp += chain_hvp
                     trace.extend(chain_trace)
                     converged = converged and chain_conv
@@ -306,18 +341,21 @@ class LiSSA(BaseSolver):
                     f"restarting with scale={scale:.4g} (restart {len(restarts)} of at most "
                     f"{_MAX_RESTARTS}).",
                     ScaleRestartWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 continue
             break
         solution = total / (scale * len(seeds))
+        info = {"scale": scale, "restarts": restarts}
+        if repeats is not None:
+            info["repeats"] = list(repeats)
         return SolveResult(
             solution=solution,
             trace=trace,
             n_hvp=n_hvp,
             converged=converged,
             n_iter=len(trace),
-            info={"scale": scale, "restarts": restarts},
+            info=info,
         )
 
     def _nonfinite_message(self, op: CurvatureOperator) -> str:

@@ -33,9 +33,6 @@ __all__ = ["Dispatcher", "ParallelEngine", "check_devices", "split_units"]
 
 logger = logging.getLogger("sk_fastif")
 
-_PARENT_PID = os.getpid()
-
-
 def check_devices(devices, default: torch.device) -> list[torch.device]:
     """The devices work is bound to: ``[default]`` for None; a clear ValueError for bad ones."""
     if devices is None:
@@ -72,9 +69,9 @@ def split_units(n: int, size: int) -> list[slice]:
 
 
 @contextlib.contextmanager
-def _thread_limits(n_threads: int | None) -> Iterator[None]:
+def _thread_limits(n_threads: int | None, caller: int) -> Iterator[None]:
     """Limit torch's and the BLAS libraries' threads in a worker process (not the caller's)."""
-    if n_threads is None or os.getpid() == _PARENT_PID:
+    if n_threads is None or os.getpid() == caller:
         yield
         return
     from threadpoolctl import threadpool_limits
@@ -89,7 +86,8 @@ def _thread_limits(n_threads: int | None) -> Iterator[None]:
 
 
 def _run_share(boxed: tuple, device: torch.device, n_threads: int | None, kernel: Callable,
-               units: Sequence[tuple[int, object]], shared: tuple, filters: list) -> list:
+               units: Sequence[tuple[int, object]], shared: tuple, filters: list,
+               caller: int) -> list:
     """Worker: run ``kernel(engine, unit, *shared)`` on each unit of the share, in order.
 
     In the caller's own process (threading backend) the engine is copied first, so no two
@@ -99,9 +97,9 @@ def _run_share(boxed: tuple, device: torch.device, n_threads: int | None, kernel
     that copy would then run every share of the call on that one worker.
     """
     (engine,) = boxed
-    with _thread_limits(n_threads), warnings.catch_warnings():
+    with _thread_limits(n_threads, caller), warnings.catch_warnings():
         warnings.filters[:] = filters
-        if os.getpid() == _PARENT_PID or engine.device != device:
+        if os.getpid() == caller or engine.device != device:
             engine = engine.to(device)
         engine.verbose = 0  # a private copy: the caller's bar counts the units
         shared = tuple(s.to(device) if isinstance(s, torch.Tensor) else s for s in shared)
@@ -156,7 +154,7 @@ class Dispatcher:
         n_threads = max(1, cpu_count() // n_shares) if n_shares > 1 else None
         tasks = (
             delayed(_run_share)((engine,), self.devices[i % len(self.devices)], n_threads, kernel,
-                                share, shared, list(warnings.filters))
+                                share, shared, list(warnings.filters), os.getpid())
             for i, share in enumerate(shares)
         )
         bar = tqdm(total=len(units), desc=desc, leave=False, disable=not self.verbose)

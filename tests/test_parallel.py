@@ -92,11 +92,37 @@ def test_threads_return_the_sequential_numbers(digits_mlp, data, sequential, nam
         _assert_same(sequential[name], _all_results(e, data))
 
 
+class _FakeEngine:
+    device = torch.device("cpu")
+    verbose = 0
+
+
+def _where_and_threads(engine, unit):
+    return os.getpid(), torch.get_num_threads()
+
+
+def _assert_workers_limit_their_threads():
+    from joblib import cpu_count
+
+    from sk_fastif._parallel import Dispatcher
+
+    out = Dispatcher(2, [torch.device("cpu")]).map(_FakeEngine(), _where_and_threads, range(4))
+    pids = {pid for pid, _ in out}
+    assert os.getpid() not in pids and len(pids) == 2  # two worker processes, one share each
+    assert {n for _, n in out} == {max(1, cpu_count() // 2)}
+
+
+def test_loky_workers_limit_their_threads():
+    _assert_workers_limit_their_threads()
+
+
 def test_a_dask_local_cluster_returns_the_sequential_numbers(digits_mlp, data, sequential):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None, host="127.0.0.1") as cluster, \
             distributed.Client(cluster):
+        with joblib.parallel_config(backend="dask"):
+            _assert_workers_limit_their_threads()
         for name, solver in SOLVERS.items():
             e = _explainer(digits_mlp, data, solver, n_jobs=2)
             with joblib.parallel_config(backend="dask"):

@@ -6,7 +6,6 @@ the wrapping of its results. The computation itself lives in :mod:`sk_fastif._en
 
 from __future__ import annotations
 
-import warnings
 from numbers import Integral
 
 import numpy as np
@@ -25,7 +24,7 @@ from ._inputs import InputTransformer
 from ._parallel import Dispatcher, ParallelEngine, check_devices
 from ._random import fit_seeds, needs_seed, seed_selector, seed_solver
 from .metrics import candidate_recall
-from .neighbors import BaseCandidates, LowCandidateRecallWarning
+from .neighbors import BaseCandidates, warn_low_recall
 from .solvers import BaseSolver, LiSSA
 
 __all__ = ["InfluenceExplainer"]
@@ -170,18 +169,10 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
 
     # ================================================================================= fitting
     def fit(self, X, y):
-        """Prepare influence computation for the training data the net learned from.
+        """Prepare influence computation for the training data ``(X, y)`` the net learned from.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training inputs (raw: a pipeline's preprocessing is applied here).
-        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            Training targets.
-
-        Returns
-        -------
-        self : InfluenceExplainer
+        ``X`` is raw (a pipeline's preprocessing is applied here); ``y`` has shape
+        ``(n_samples,)`` or ``(n_samples, n_outputs)``. Returns ``self``.
         """
         self._validate_params()
         val.check_constructor_args(self)
@@ -245,21 +236,10 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         compat.validate_data(self, X, reset=False, skip_check_array=True)
 
     def as_engine_input(self, X, y=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(X, y)`` as the engine takes them: checked, preprocessed and encoded tensors.
+        """``(Xt, yt)``: ``X`` and ``y`` checked, preprocessed and encoded as the engine takes them.
 
-        The input of :attr:`engine_`'s methods, for computations beyond the public ones (see
-        the Architecture page of the documentation).
-
-        Parameters
-        ----------
-        X : array-like of shape (n, n_features)
-        y : array-like of shape (n,) or None
-            Targets; ``None`` gives the net's predicted labels (classifiers only).
-
-        Returns
-        -------
-        Xt, yt : torch.Tensor
-            On the net's device, ``Xt`` in its dtype.
+        The input of :attr:`engine_`'s methods (see the Architecture page); ``y=None`` gives
+        the predicted labels (classifiers only). Tensors on the net's device.
         """
         self._check_fitted()
         Xt = self._inputs.transform(X, self._check_features)
@@ -285,19 +265,10 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
 
     # ============================================================================ computation
     def influence_factors(self, X, y=None) -> np.ndarray:
-        """Return the iHVPs ``(H + λI)⁻¹ g(z)`` of the test points' loss gradients.
+        """The iHVPs ``(H + λI)⁻¹ g(z)`` of the test points' loss gradients.
 
-        They are the reusable part of every score: ``score(z, z_j) = factors[z] · g(z_j) / n``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_test, n_features)
-        y : array-like of shape (n_test,) or None
-            Targets; ``None`` explains the predicted label.
-
-        Returns
-        -------
-        factors : ndarray of shape (n_test, n_params_)
+        An array of shape ``(n_test, n_params_)``, the reusable part of every score:
+        ``score(z, z_j) = factors[z] · g(z_j) / n``. ``y=None`` explains the predicted label.
         """
         Xt, yt = self.as_engine_input(X, y)
         return self._factors(Xt, yt, consequence="their influence factors are 0").cpu().numpy()
@@ -398,17 +369,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         tops = val.check_audit_args(top, max_samples, k)
         result = candidate_recall(self, X, y, top=tops, kind=kind, max_samples=max_samples,
                                   random_state=self.seeds_.audit)
-        for m in tops:
-            if result.recall[m] < min_recall:
-                warnings.warn(
-                    f"The candidate shortlists hold only {result.recall[m]:.0%} of the true "
-                    f"top-{m} {kind} training points (mean R@{m} over "
-                    f"{len(result.sample_indices)} queries; a random shortlist of {k} would "
-                    f"hold {k / self.n_train_:.1%}). Raise the selector's n_neighbors (now "
-                    f"{k}) or try another embedding.",
-                    LowCandidateRecallWarning,
-                    stacklevel=2,
-                )
+        warn_low_recall(result, kind, min_recall, stacklevel=3)
         return result
 
     def self_influence(self, X=None, y=None) -> np.ndarray:
@@ -418,17 +379,8 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         such as mislabeled ones. It needs each point's own gradient only, so ``candidates``
         does not change it.
 
-        Parameters
-        ----------
-        X : array-like of shape (n, n_features) or None
-            Points to score; ``None`` scores the training set with its labels.
-        y : array-like of shape (n,) or None
-            Their labels (required when ``X`` is given for a regressor; ``None`` for a classifier
-            uses the predicted label).
-
-        Returns
-        -------
-        self_scores : ndarray of shape (n,)
+        ``X=None`` scores the training set with its labels; for other points ``y=None`` uses a
+        classifier's predicted label (a regressor needs ``y``). Returns an array of shape (n,).
         """
         self._check_fitted()
         if X is None:
@@ -445,21 +397,9 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         meaningfully by default. Points whose gradient is exactly zero are left out (with a
         warning); if every gradient is zero the score is 0.0.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_test, n_features)
-        y : array-like of shape (n_test,) or None
-
-        Returns
-        -------
-        score : float
-
-        Raises
-        ------
-        DivergenceError
-            When the solver diverges (e.g. a LiSSA ``scale`` that is too small). In a grid search,
-            ``error_score=np.nan`` (the default) then ranks the setting last, with a warning
-            carrying the message; ``error_score="raise"`` stops the search.
+        A solver that diverges raises :class:`~sk_fastif.solvers.DivergenceError`; in a grid
+        search ``error_score=np.nan`` (the default) then ranks the setting last, with a warning
+        carrying the message.
         """
         Xt, yt = self.as_engine_input(X, y)
         G = self.engine_.gradients(Xt, yt)

@@ -18,6 +18,7 @@ without it. :class:`~sk_fastif.InfluenceExplainer` uses one through its ``candid
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from numbers import Integral, Real
 
@@ -35,6 +36,7 @@ __all__ = [
     "ExactCandidates",
     "LowCandidateRecallWarning",
     "NNDescentCandidates",
+    "warn_low_recall",
 ]
 
 _QUERIES = ("each", "mean")
@@ -556,3 +558,21 @@ class ExactCandidates(BaseCandidates):
     def _query(self, E: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         distances, indices = self.index_.kneighbors(E, n_neighbors=k)
         return indices, distances
+
+
+def warn_low_recall(result, kind: str, min_recall: float, *, stacklevel: int = 2) -> None:
+    """Warn :class:`LowCandidateRecallWarning` for each mean ``R@m`` below ``min_recall``.
+
+    ``result`` is what :func:`sk_fastif.metrics.candidate_recall` returns.
+    """
+    k = result.n_neighbors
+    for m, recall in result.recall.items():
+        if recall < min_recall:
+            warnings.warn(
+                f"The candidate shortlists hold only {recall:.0%} of the true top-{m} {kind} "
+                f"training points (mean R@{m} over {len(result.sample_indices)} queries; a "
+                f"random shortlist of {k} would hold {result.random_baseline:.1%}). Raise the "
+                f"selector's n_neighbors (now {k}) or try another embedding.",
+                LowCandidateRecallWarning,
+                stacklevel=stacklevel,
+            )

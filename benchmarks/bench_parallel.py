@@ -5,8 +5,9 @@ One fitted explainer (a tanh MLP on ``make_classification`` data, exact Hessian,
 worker processes), threads, and a Dask ``LocalCluster`` (2 worker processes, 1 thread each,
 on 127.0.0.1). Every configuration is timed twice in the same process: the first call pays for
 starting the workers, the second is the steady state. The sequential run uses torch's default
-number of threads. Ratios are against the sequential run of the same process; agreement is the
-largest absolute difference from it.
+number of threads; a second sequential run on one torch thread shows what one core does alone
+(two workers on two cores can at best halve that). Ratios are against the sequential run of the
+same process; agreement is the largest absolute difference from it.
 
 Run: ``python benchmarks/bench_parallel.py`` (the issue's workload: 20,000 training rows, a
 64-150-150-2 MLP with 32,852 parameters, 50 test points), ``--quick`` for a small smoke run.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this file is in
 
@@ -69,7 +71,16 @@ def main(argv=None):
     rows = []
     base, t_seq = timed(expl.set_params(n_jobs=None).influences, X_test, y_test)
     _, t_seq2 = timed(expl.influences, X_test, y_test)
-    rows.append(("sequential (torch default threads)", t_seq, t_seq2, 0.0))
+    rows.append((f"sequential (torch default: {torch.get_num_threads()} threads)", t_seq, t_seq2,
+                 0.0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core: what each worker gets, the ceiling of two workers
+    try:
+        one, t1 = timed(expl.influences, X_test, y_test)
+        _, t2 = timed(expl.influences, X_test, y_test)
+    finally:
+        torch.set_num_threads(threads)
+    rows.append(("sequential, 1 torch thread", t1, t2, float(np.abs(one - base).max())))
 
     def run(name, n_jobs, backend=None):
         expl.set_params(n_jobs=n_jobs)
@@ -97,8 +108,10 @@ def main(argv=None):
         print(f"| {name} | {t1:.2f} | {t2:.2f} | {t_seq2 / t2:.2f}x | {diff:.1e} |")
     loky = next(r for r in rows if r[0].startswith("loky"))
     dask = [r for r in rows if r[0].startswith("dask LocalCluster")]
+    one_thread = next(r for r in rows if r[0].startswith("sequential, 1"))
+    print(f"\nloky n_jobs=2 over one torch thread (later calls): {one_thread[2] / loky[2]:.2f}x")
     if dask:
-        print(f"\nDask over loky (later calls): {dask[0][2] / loky[2]:.2f}x")
+        print(f"Dask over loky (later calls): {dask[0][2] / loky[2]:.2f}x")
 
 
 class _null:

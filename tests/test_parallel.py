@@ -252,3 +252,56 @@ def test_chains_left_behind_by_a_restart_are_rerun_at_the_common_scale(ridge_net
     assert len(seq.solver_.restarts_) == 1 and [r["repeat"] for r in par.solver_.restarts_] == [2]
     assert par.solver_.scale_ == seq.solver_.scale_
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7 * np.abs(a).max())
+
+
+class _FakeLibc:
+    """Records the ``mallopt`` calls that :func:`_heap_for_tensors` makes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1
+
+
+@pytest.fixture
+def fake_libc(monkeypatch):
+    import ctypes
+    import sys
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    return libc
+
+
+def test_a_frozen_mmap_threshold_is_raised_while_shares_run(fake_libc, monkeypatch):
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which freezes glibc's mmap threshold at 128 KiB:
+    # raised to 32 MiB while work runs, restored once, when the last overlapping share ends
+    from sk_fastif._parallel import _heap_for_tensors
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with _heap_for_tensors():
+        assert fake_libc.calls == [(-3, 32 << 20)]
+        with _heap_for_tensors():  # a second share in the same worker (threads)
+            pass
+        assert fake_libc.calls == [(-3, 32 << 20)]
+    assert fake_libc.calls == [(-3, 32 << 20), (-3, 128 * 1024)]
+    with pytest.raises(RuntimeError), _heap_for_tensors():
+        raise RuntimeError("a failing share restores the setting too")
+    assert fake_libc.calls[-1] == (-3, 128 * 1024) and len(fake_libc.calls) == 4
+
+
+@pytest.mark.parametrize("env", [{}, {"MALLOC_TRIM_THRESHOLD_": "65536",
+                                      "MALLOC_MMAP_THRESHOLD_": "4096"}])
+def test_the_allocator_is_left_alone_unless_the_threshold_is_frozen(fake_libc, monkeypatch, env):
+    from sk_fastif._parallel import _heap_for_tensors
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with _heap_for_tensors():
+        pass
+    assert fake_libc.calls == []

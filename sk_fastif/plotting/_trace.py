@@ -103,7 +103,8 @@ class SolverTraceDisplay:
         Parameters
         ----------
         explainer : InfluenceExplainer
-            Fitted, with an iterative solver (``Exact`` has no trace).
+            Fitted. An iterative solver (LiSSA, CG) records one value per iteration;
+            ``Exact`` solves directly and records one, the relative residual of its answer.
         X : array-like of shape (n_test, ...)
         y : array-like of shape (n_test,), default=None
             Labels to explain; None explains the predicted labels.
@@ -135,10 +136,7 @@ class SolverTraceDisplay:
         explainer.influence_factors(X, y)
         result = explainer.last_solve_
         if not result.trace:
-            raise ValueError(
-                f"{type(explainer.solver_).__name__} records no trace (it solves directly); "
-                "use an iterative solver (LiSSA or CG)."
-            )
+            raise ValueError("the solve recorded no trace (X has no rows).")
         name = _solver_name(explainer.solver_) if name is None else str(name)
         tol = explainer.solver_.get_params(deep=False).get("tol")
         disp = cls({name: list(result.trace)}, converged={name: bool(result.converged)},
@@ -175,7 +173,8 @@ class SolverTraceDisplay:
             label = str(name)
             if self.converged is not None and name in self.converged:
                 label += " (converged)" if self.converged[name] else " (not converged)"
-            (self.lines_[name],) = ax.plot(np.arange(1, len(values) + 1), values, label=label)
+            (self.lines_[name],) = ax.plot(np.arange(1, len(values) + 1), values, label=label,
+                                           marker="o" if len(values) == 1 else None)
         self.tol_line_ = None
         if self.tol is not None:
             self.tol_line_ = ax.axhline(float(self.tol), color=BASELINE_COLOR, linestyle="--",

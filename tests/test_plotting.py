@@ -376,3 +376,13 @@ def test_missing_matplotlib_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     assert "pip install 'sk_fastif[plot]'" in out
+
+
+def test_demo_figure_is_an_influence_display(tmp_path):
+    from sk_fastif.demo import save_figure
+
+    ex = _explanation(n_test=2, k=2, n_train=20)
+    X_train = np.random.RandomState(3).rand(20, 64)
+    path = save_figure(ex, X_train, X_train[:2], ["a", "b"], tmp_path / "demo.png", dpi=40)
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[1] > image.shape[0]  # one row of 5 panels per digit

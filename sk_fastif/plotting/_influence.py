@@ -344,7 +344,7 @@ class InfluenceDisplay:
         pixels = np.concatenate([im.ravel() for im in shown + tests])
         vmin, vmax = float(pixels.min()), float(pixels.max())
         axes, fig = axes_grid(ax, n_test, 2 * k + 1,
-                              figsize=(1.05 * (2 * k + 1), 1.3 * n_test))
+                              figsize=(1.05 * (2 * k + 1), 1.45 * n_test))
         images = np.full(axes.shape, None, dtype=object)
 
         def draw(a, image):
@@ -358,7 +358,7 @@ class InfluenceDisplay:
                 images[r, 0] = draw(axes[r, 0], tests[r])
             title = f"test {names[r]}"
             if self.test_labels is not None:
-                title += f"\nlabel {np.asarray(self.test_labels)[r]}"
+                title += f"\nfor label {np.asarray(self.test_labels)[r]}"
             axes[r, 0].set_title(title, fontsize=fontsize)
             for c in range(k):
                 for col, idx, sc, color in ((1 + c, h_idx, h_sc, HELPFUL_COLOR),

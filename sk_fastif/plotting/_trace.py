@@ -181,7 +181,7 @@ class SolverTraceDisplay:
                                         linewidth=1, label=f"tol = {float(self.tol):g}")
         ax.set_yscale("log")
         ax.set_xlabel("iteration")
-        ax.set_ylabel("relative residual (CG) / relative change (LiSSA)")
+        ax.set_ylabel("trace (CG: relative residual,\nLiSSA: relative change)")
         ax.legend(fontsize=8)
         self.ax_, self.figure_ = ax, ax.figure
         return self

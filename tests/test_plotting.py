@@ -175,7 +175,8 @@ def test_graph_edges_match_the_signs_and_sizes():
         np.testing.assert_allclose(segments[e][0], disp.test_positions_[disp.test_index[e]])
         node = np.searchsorted(disp.train_nodes_, disp.train_index[e])
         np.testing.assert_allclose(segments[e][1], disp.train_positions_[node])
-    np.testing.assert_allclose(disp.edges_.get_linewidths(), 3.0 * np.abs(disp.scores) / 0.9)
+    np.testing.assert_allclose(disp.edges_.get_linewidths(),
+                               0.3 + 2.7 * np.abs(disp.scores) / 0.9)
     assert disp.train_nodes_.tolist() == [0, 1, 2, 3, 4, 5]
     assert disp.shared_.tolist() == [False, False, False, False, False, True]
     # the shared point is pulled towards the centre, the others sit in front of their test point

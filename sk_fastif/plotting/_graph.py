@@ -247,8 +247,8 @@ class InfluenceGraphDisplay:
         first_group = np.array([min(gs) for gs in node_groups], dtype=np.int64)
         return test_pos, nodes, inverse, train_pos, shared, first_group
 
-    def plot(self, ax=None, *, node_size: float = 30.0, max_linewidth: float = 3.0,
-             legend: bool = True) -> InfluenceGraphDisplay:
+    def plot(self, ax=None, *, node_size: float = 30.0, min_linewidth: float = 0.3,
+             max_linewidth: float = 3.0, legend: bool = True) -> InfluenceGraphDisplay:
         """Draw the graph.
 
         Parameters
@@ -257,8 +257,9 @@ class InfluenceGraphDisplay:
             Where to draw; None makes a new figure.
         node_size : float, default=30
             Marker area of the points.
-        max_linewidth : float, default=3
-            Width of the edge of largest ``|score|``; the others scale linearly.
+        min_linewidth, max_linewidth : float, default=0.3 and 3
+            Edge widths grow linearly with ``|score|``, from ``min_linewidth`` (a score of
+            zero) to ``max_linewidth`` (the largest ``|score|``), so weak edges stay visible.
         legend : bool, default=True
             Whether to draw the legend of groups and edge colours.
 
@@ -271,8 +272,8 @@ class InfluenceGraphDisplay:
         --------
         >>> from sk_fastif.plotting import InfluenceGraphDisplay
         >>> disp = InfluenceGraphDisplay([0, 1], [7, 7], [0.2, -0.4], groups=[0, 1]).plot()
-        >>> [float(w) for w in disp.edges_.get_linewidths()]
-        [1.5, 3.0]
+        >>> [float(w) for w in disp.edges_.get_linewidths()]  # 0.3 + 2.7 * |score| / 0.4
+        [1.65, 3.0]
         """
         import_pyplot()
         from matplotlib.collections import LineCollection
@@ -293,13 +294,13 @@ class InfluenceGraphDisplay:
         test_pos, nodes, inverse, train_pos, shared, node_group = self._layout(
             t, j, s, codes, len(names))
 
-        ax = new_or_given_ax(ax, figsize=(6.0, 6.0))
+        ax = new_or_given_ax(ax, figsize=(6.0, 6.8))
         palette = [to_rgba(f"C{g % 10}") for g in range(len(names))]
         peak = np.abs(s).max() if len(s) else 1.0
         segments = np.stack([test_pos[t], train_pos[inverse]], axis=1) if len(s) else []
-        colors = [to_rgba(HELPFUL_COLOR if v > 0 else HARMFUL_COLOR, 0.6) for v in s]
-        self.edges_ = LineCollection(segments, colors=colors,
-                                     linewidths=max_linewidth * (np.abs(s) / peak), zorder=1)
+        colors = [to_rgba(HELPFUL_COLOR if v > 0 else HARMFUL_COLOR, 0.7) for v in s]
+        widths = min_linewidth + (max_linewidth - min_linewidth) * (np.abs(s) / peak)
+        self.edges_ = LineCollection(segments, colors=colors, linewidths=widths, zorder=1)
         ax.add_collection(self.edges_)
         self.test_points_ = ax.scatter(test_pos[:, 0], test_pos[:, 1], s=node_size * 1.6,
                                        c=[palette[c] for c in codes], marker="s", zorder=3,
@@ -308,8 +309,8 @@ class InfluenceGraphDisplay:
         self.train_points_ = ax.scatter(train_pos[:, 0], train_pos[:, 1], s=node_size,
                                         c=train_colors, marker="o", zorder=2,
                                         edgecolors="white", linewidths=0.5)
-        ax.set_xlim(-1.2, 1.2)
-        ax.set_ylim(-1.2, 1.2)
+        ax.set_xlim(-1.15, 1.15)
+        ax.set_ylim(-1.5 if legend else -1.15, 1.15)
         ax.set_aspect("equal")
         ax.set_axis_off()
         if legend:
@@ -321,8 +322,7 @@ class InfluenceGraphDisplay:
                 Line2D([], [], color=HELPFUL_COLOR, label="helpful"),
                 Line2D([], [], color=HARMFUL_COLOR, label="harmful"),
             ]
-            ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                      frameon=False)
+            ax.legend(handles=handles, fontsize=7, loc="lower center", ncol=3, frameon=False)
         self.test_positions_ = test_pos
         self.train_nodes_ = nodes
         self.train_positions_ = train_pos

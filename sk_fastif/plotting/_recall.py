@@ -169,8 +169,11 @@ class CandidateRecallDisplay:
         for m, values in self.recall.items():
             values = check_1d(f"recall[{m}]", values, length=len(ks))
             (self.lines_[m],) = ax.plot(ks, values, marker="o", label=f"{prefix}R@{m}")
+        label = "random shortlist (k / n)"
+        if any(line.get_label() == label for line in ax.get_lines()):
+            label = "_" + label  # drawn once already on this Axes: one legend entry
         self.baseline_line_, = ax.plot(ks, ks / float(self.n_train), color=BASELINE_COLOR,
-                                       linestyle="--", label="random shortlist (k / n)")
+                                       linestyle="--", label=label)
         ax.set_xscale("log")
         ax.set_ylim(0.0, 1.05)
         ax.set_xlabel("n_neighbors (shortlist size k)")

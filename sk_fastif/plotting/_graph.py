@@ -272,7 +272,7 @@ class InfluenceGraphDisplay:
         --------
         >>> from sk_fastif.plotting import InfluenceGraphDisplay
         >>> disp = InfluenceGraphDisplay([0, 1], [7, 7], [0.2, -0.4], groups=[0, 1]).plot()
-        >>> [float(w) for w in disp.edges_.get_linewidths()]  # 0.3 + 2.7 * |score| / 0.4
+        >>> [round(float(w), 6) for w in disp.edges_.get_linewidths()]  # 0.3 + 2.7 |s| / 0.4
         [1.65, 3.0]
         """
         import_pyplot()

@@ -30,7 +30,7 @@ bench: setup
 	$(PY) benchmarks/bench_core.py
 
 # The HTML docs in docs/_build/html, warnings as errors, with the gallery: every examples/plot_*.py
-# is executed and its figures rendered (the tests run those examples too).
+# is executed and its figures rendered (CI builds with the gallery off; tests run the examples).
 # SPHINXOPTS="-D plot_gallery=0" builds without executing them.
 SPHINXOPTS ?=
 docs: $(VENV)/.docs-installed

@@ -132,6 +132,19 @@ def test_text_inputs_show_their_tokens():
     assert "great acting" in disp.ax_[0, 0].get_title()
 
 
+def test_dataframes_are_read_by_position():
+    pd = pytest.importorskip("pandas")
+    ex = _explanation(n_test=1, k=2, n_train=20)
+    X = np.random.RandomState(4).rand(20, 4)
+    frame = pd.DataFrame(X, index=np.arange(100, 120), columns=list("abcd"))
+    disp = InfluenceDisplay.from_explanation(ex, X_train=frame, image_shape=(2, 2))
+    np.testing.assert_array_equal(disp.images_[0, 1].get_array(),
+                                  X[ex.helpful_indices[0, 0]].reshape(2, 2))
+    bars = InfluenceDisplay.from_explanation(ex, X_train=frame, kind="bars")
+    labels = [t.get_text() for t in bars.ax_[0, 0].get_yticklabels()]
+    assert labels[0] == f"#{ex.helpful_indices[0, 0]} y={ex.train_labels[ex.helpful_indices[0, 0]]}"
+
+
 def test_influence_display_axes_and_errors():
     ex = _explanation(n_test=2, k=2)
     fig, ax = plt.subplots()

@@ -45,6 +45,11 @@ def _as_image(x, image_shape) -> np.ndarray:
     return arr
 
 
+def _row(X, i: int):
+    """Row ``i`` of ``X`` by position (a DataFrame or Series by ``iloc``)."""
+    return X.iloc[int(i)] if hasattr(X, "iloc") else X[int(i)]
+
+
 def _text(x, width: int = 28) -> str | None:
     """A short rendering of a text input (a string or a sequence of tokens), else None."""
     if isinstance(x, str):
@@ -298,7 +303,7 @@ class InfluenceDisplay:
         if self.train_labels is not None:
             text += f" y={np.asarray(self.train_labels)[j]}"
         if self.X_train is not None:
-            words = _text(self.X_train[j])
+            words = _text(_row(self.X_train, j))
             if words is not None:
                 text += f" “{words}”"
         return text
@@ -308,7 +313,7 @@ class InfluenceDisplay:
         if self.test_labels is not None:
             title += f", explained for label {np.asarray(self.test_labels)[r]}"
         if self.X_test is not None:
-            words = _text(self.X_test[r], width=60)
+            words = _text(_row(self.X_test, r), width=60)
             if words is not None:
                 title += f": “{words}”"
         return title
@@ -337,10 +342,11 @@ class InfluenceDisplay:
 
     def _plot_images(self, ax, names, h_idx, h_sc, x_idx, x_sc, cmap, fontsize) -> None:
         n_test, k = h_idx.shape
-        shown = [_as_image(self.X_train[j], self.image_shape) for j in np.r_[h_idx.ravel(),
+        shown = [_as_image(_row(self.X_train, j), self.image_shape) for j in np.r_[h_idx.ravel(),
                                                                                x_idx.ravel()]]
         tests = ([] if self.X_test is None
-                 else [_as_image(x, self.image_shape) for x in self.X_test])
+                 else [_as_image(_row(self.X_test, r), self.image_shape)
+                       for r in range(len(self.X_test))])
         pixels = np.concatenate([im.ravel() for im in shown + tests])
         vmin, vmax = float(pixels.min()), float(pixels.max())
         axes, fig = axes_grid(ax, n_test, 2 * k + 1,
@@ -365,7 +371,7 @@ class InfluenceDisplay:
                                             (1 + k + c, x_idx, x_sc, HARMFUL_COLOR)):
                     j = idx[r, c]
                     a = axes[r, col]
-                    images[r, col] = draw(a, _as_image(self.X_train[j], self.image_shape))
+                    images[r, col] = draw(a, _as_image(_row(self.X_train, j), self.image_shape))
                     head = f"#{j}" if self.train_labels is None else (
                         f"y={np.asarray(self.train_labels)[j]}")
                     a.set_title(f"{head}\n{sc[r, c]:+.1e}", fontsize=fontsize - 1, color=color)

@@ -29,11 +29,16 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_core.py
 
-# the HTML docs in docs/_build/html; SPHINXOPTS="-D plot_gallery=1" also runs the gallery examples
-SPHINXOPTS ?= -D plot_gallery=0
-docs: setup
+# The HTML docs in docs/_build/html, warnings as errors, with the gallery: every examples/plot_*.py
+# is executed and its figures rendered (CI builds with the gallery off; tests run the examples).
+# SPHINXOPTS="-D plot_gallery=0" builds without executing them.
+SPHINXOPTS ?=
+docs: $(VENV)/.docs-installed
+	$(PY) -m sphinx -b html -W --keep-going $(SPHINXOPTS) docs docs/_build/html
+
+$(VENV)/.docs-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[docs]"
-	$(PY) -m sphinx -b html $(SPHINXOPTS) docs docs/_build/html
+	touch $@
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

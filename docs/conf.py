@@ -1,9 +1,22 @@
-"""Sphinx configuration for sk_fastif (build: ``pip install -e '.[docs]' && make -C docs html``)."""
+"""Sphinx configuration for sk_fastif (build: ``make docs``, or ``make -C docs html``).
 
-import sk_fastif
+The gallery executes ``examples/plot_*.py`` and renders their figures (``-D plot_gallery=0``
+skips that). Links to other projects' documentation (intersphinx) need the network and are off
+unless ``SK_FASTIF_INTERSPHINX=1`` is set.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+# the package of this checkout, also when Sphinx runs from elsewhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sk_fastif  # noqa: E402
 
 project = "sk_fastif"
 author = "sk_fastif developers"
+copyright = "sk_fastif developers"
 release = sk_fastif.__version__
 version = release
 
@@ -11,7 +24,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
-    "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "numpydoc",
     "myst_parser",
@@ -19,21 +31,30 @@ extensions = [
 ]
 autosummary_generate = True
 numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
 templates_path = []
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py",
+                    "auto_examples/*.zip", "auto_examples/*.json", "auto_examples/*.md5"]
 html_theme = "pydata_sphinx_theme"
 html_static_path = ["_static"]
+html_theme_options = {"navigation_with_keys": False}
 
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
+    "abort_on_example_error": True,
+    "image_scrapers": ("matplotlib",),
+    "write_computation_times": False,
+    "download_all_examples": False,
 }
 
-intersphinx_mapping = {
-    "python": ("https://docs.python.org/3", None),
-    "numpy": ("https://numpy.org/doc/stable", None),
-    "sklearn": ("https://scikit-learn.org/stable", None),
-    "skorch": ("https://skorch.readthedocs.io/en/stable", None),
-    "torch": ("https://pytorch.org/docs/stable", None),
-}
+if os.environ.get("SK_FASTIF_INTERSPHINX") == "1":
+    extensions.append("sphinx.ext.intersphinx")
+    intersphinx_mapping = {
+        "python": ("https://docs.python.org/3", None),
+        "numpy": ("https://numpy.org/doc/stable", None),
+        "sklearn": ("https://scikit-learn.org/stable", None),
+        "skorch": ("https://skorch.readthedocs.io/en/stable", None),
+        "torch": ("https://pytorch.org/docs/stable", None),
+    }

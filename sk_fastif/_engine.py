@@ -34,7 +34,34 @@ __all__ = ["InfluenceEngine", "merge_results"]
 
 
 def merge_results(results: list[SolveResult], S: torch.Tensor) -> SolveResult:
-    """One :class:`SolveResult` for a solve done in blocks: the block trace maxima per step."""
+    """One :class:`SolveResult` for a solve done in blocks: the block trace maxima per step.
+
+    Parameters
+    ----------
+    results : list of SolveResult
+        The solves of the blocks, in order.
+    S : torch.Tensor of shape (n, n_params)
+        Their solutions, concatenated.
+
+    Returns
+    -------
+    result : SolveResult
+        ``S`` with, at each step, the largest trace value over the blocks that ran that step;
+        the products summed, converged when every block converged, the most iterations of a
+        block, and the last block's ``info``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif._engine import merge_results
+    >>> from sk_fastif.solvers import SolveResult
+    >>> a = SolveResult(torch.zeros(2, 3), trace=[1.0, 0.1], n_hvp=4, converged=True, n_iter=2)
+    >>> b = SolveResult(torch.ones(1, 3), trace=[0.5, 0.2, 0.01], n_hvp=3, converged=False,
+    ...                 n_iter=3)
+    >>> merged = merge_results([a, b], torch.cat([a.solution, b.solution]))
+    >>> merged.trace, merged.n_hvp, merged.converged, merged.n_iter
+    ([1.0, 0.2, 0.01], 7, False, 3)
+    """
     if len(results) == 1:
         return SolveResult(solution=S, trace=results[0].trace, n_hvp=results[0].n_hvp,
                            converged=results[0].converged, n_iter=results[0].n_iter,

@@ -39,6 +39,22 @@ class Explanation:
         Labels of the training set, used by :meth:`to_frame`.
     sign_convention : str
         The convention above, in words.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetClassifier
+    >>> from sk_fastif import InfluenceExplainer
+    >>> from sk_fastif.solvers import Exact
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randn(60, 4).astype("float32"); y = (X[:, 0] > 0).astype("int64")
+    >>> net = NeuralNetClassifier(torch.nn.Linear(4, 2), criterion=torch.nn.CrossEntropyLoss,
+    ...                           max_epochs=5, lr=0.5, train_split=None, verbose=0).fit(X, y)
+    >>> ex = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y).explain(X[:2], k=3)
+    >>> len(ex), ex.k, ex.helpful_indices.shape
+    (2, 3, (2, 3))
+    >>> bool((ex.helpful_scores[:, 0] > 0).all() and (ex.harmful_scores[:, 0] < 0).all())
+    True
     """
 
     helpful_indices: np.ndarray
@@ -51,7 +67,16 @@ class Explanation:
 
     @property
     def k(self) -> int:
-        """Number of points listed per kind."""
+        """Number of points listed per kind.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sk_fastif import Explanation
+        >>> Explanation(np.zeros((1, 4), int), np.zeros((1, 4)), np.zeros((1, 4), int),
+        ...             np.zeros((1, 4))).k
+        4
+        """
         return int(self.helpful_indices.shape[1])
 
     def __len__(self) -> int:

@@ -3,7 +3,8 @@
 Run with ``python -m sk_fastif.demo`` (or ``make demo``). It trains a small skorch MLP on
 scikit-learn's ``load_digits``, fits an :class:`~sk_fastif.InfluenceExplainer`, and for a few
 misclassified test digits prints the most helpful and the most harmful training images with their
-labels and scores. With matplotlib installed it also draws them to a PNG file.
+labels and scores. With matplotlib installed it also draws them, through
+:class:`~sk_fastif.plotting.InfluenceDisplay`, to a PNG file and prints its path.
 """
 
 from __future__ import annotations
@@ -28,38 +29,23 @@ def _row(kind: str, indices, scores, labels) -> str:
     return f"  {kind:<8s} " + " | ".join(cells)
 
 
-def _plot(explanation, X_train, X_test, wrong, pred, y_test, path: Path) -> Path | None:
-    try:
-        import matplotlib
+def save_figure(explanation, X_train, X_test, names, path: Path, *, dpi: int = 110) -> Path:
+    """Draw the explained digits with :class:`~sk_fastif.plotting.InfluenceDisplay`; save a PNG.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    k = explanation.k
-    rows = len(wrong)
-    fig, axes = plt.subplots(rows, 2 * k + 1, figsize=(1.1 * (2 * k + 1), 1.35 * rows))
-    axes = np.atleast_2d(axes)
-    for r, t in enumerate(wrong):
-        axes[r, 0].imshow(X_test[t].reshape(8, 8), cmap="gray_r")
-        axes[r, 0].set_title(f"test {t}\ntrue {y_test[t]} pred {pred[t]}", fontsize=7)
-        for c in range(k):
-            for offset, idx, score, tag in (
-                (1, explanation.helpful_indices, explanation.helpful_scores, "help"),
-                (1 + k, explanation.harmful_indices, explanation.harmful_scores, "harm"),
-            ):
-                j = idx[r, c]
-                ax = axes[r, offset + c]
-                ax.imshow(X_train[j].reshape(8, 8), cmap="Greens" if tag == "help" else "Reds")
-                ax.set_title(f"{tag} y={explanation.train_labels[j]}\n{score[r, c]:+.1e}",
-                             fontsize=6)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("Misclassified test digits, their most helpful (green) and harmful (red) "
-                 "training images", fontsize=8)
+    Raises ImportError (naming the ``plot`` extra) when matplotlib is missing.
+    """
+    from .plotting import InfluenceDisplay
+
+    display = InfluenceDisplay.from_explanation(
+        explanation, X_train=X_train, X_test=X_test, image_shape=(8, 8), test_indices=names
+    )
+    fig = display.figure_
+    fig.suptitle("Misclassified test digits (explained for the predicted label) and their most "
+                 "helpful (green) and harmful (red) training images", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return path
 
@@ -100,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                    y_train))
         print(_row("harmful", explanation.harmful_indices[r], explanation.harmful_scores[r],
                    y_train))
-    path = _plot(explanation, X_train, X_test, wrong, pred, y_test, Path(args.output))
-    if path is None:
+    names = [f"{t} (true {y_test[t]})" for t in wrong]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        path = save_figure(explanation, X_train, X_test[wrong], names, Path(args.output))
+    except ImportError:
         print("\nmatplotlib is not installed: no figure (pip install 'sk_fastif[plot]').")
     else:
         print(f"\nWrote a figure of these images to {path.resolve()}")

@@ -28,6 +28,21 @@ class DivergenceError(ArithmeticError):
     """Raised when an iterative solver diverges or produces non-finite values.
 
     The message names the setting to change (``scale``, ``damping`` or ``curvature``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif.solvers import CurvatureOperator
+    >>> H = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))  # an explicit curvature
+    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+    ...                        n_params=2, n_samples=100, dtype=torch.float64)
+    >>> from sk_fastif.solvers import DivergenceError, LiSSA
+    >>> G = torch.ones(1, 2, dtype=torch.float64)
+    >>> try:  # scale must exceed half of H's largest eigenvalue, 2
+    ...     LiSSA(damping=0.0, scale=0.5, depth=100, random_state=0).solve(op, G)
+    ... except DivergenceError as exc:
+    ...     print(str(exc)[:28])
+    LiSSA diverged: at step 5 of
     """
 
 
@@ -53,6 +68,20 @@ class SolveResult:
     info : dict, default={}
         Solver-specific diagnostics of this solve (LiSSA: the ``"scale"`` used and the
         ``"restarts"`` it made), empty when the solver has none.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif.solvers import CurvatureOperator
+    >>> H = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))  # an explicit curvature
+    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+    ...                        n_params=2, n_samples=100, dtype=torch.float64)
+    >>> from sk_fastif.solvers import CG
+    >>> result = CG(damping=0.0).solve(op, torch.ones(1, 2, dtype=torch.float64))
+    >>> result.solution  # H^{-1} g
+    tensor([[0.5000, 2.0000]], dtype=torch.float64)
+    >>> result.converged, result.n_iter == len(result.trace)
+    (True, True)
     """
 
     solution: torch.Tensor
@@ -89,6 +118,20 @@ class BaseSolver(BaseEstimator):
     for later solves (a refresh of the prepared state, not a diagnostic). A ``random_state``
     given as a ``RandomState`` instance advances at each solve, as in scikit-learn (the
     parameter is the same object; pass an int for repeatable solves).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif.solvers import BaseSolver, CurvatureOperator, Exact
+    >>> H = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+    ...                        n_params=2, n_samples=100, dtype=torch.float64)
+    >>> solver = Exact(damping=1.0).prepare(op)  # every solver is a BaseSolver
+    >>> isinstance(solver, BaseSolver), solver.is_prepared_for(op)
+    (True, True)
+    >>> s = solver.solve(op, torch.tensor([[4.0, 4.0]], dtype=torch.float64)).solution
+    >>> torch.allclose(s, torch.ones(1, 2, dtype=torch.float64))  # (H + I)^-1 g
+    True
     """
 
     _parameter_constraints: dict = {}
@@ -284,15 +327,54 @@ class BaseSolver(BaseEstimator):
 
 
 class IndefiniteCurvatureWarning(UserWarning):
-    """Warned when ``H + damping * I`` is not positive definite (influences are then unreliable)."""
+    """Warned when ``H + damping * I`` is not positive definite (influences are then unreliable).
+
+    Examples
+    --------
+    >>> import warnings, torch
+    >>> from sk_fastif.solvers import CurvatureOperator, Exact, IndefiniteCurvatureWarning
+    >>> H = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))  # indefinite
+    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+    ...                        n_params=2, n_samples=100, dtype=torch.float64)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = Exact(damping=0.1).prepare(op)
+    >>> caught[0].category is IndefiniteCurvatureWarning
+    True
+    """
 
 
 class ScaleRestartWarning(UserWarning):
-    """Warned when LiSSA with ``scale="auto"`` diverged and restarts with a doubled scale."""
+    """Warned when LiSSA with ``scale="auto"`` diverged and restarts with a doubled scale.
+
+    The restart is recorded in the solver's ``restarts_`` and in the solve's ``info``. To make
+    a restart an error instead (e.g. in a benchmark that must not change its scale), filter it:
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from sk_fastif.solvers import ScaleRestartWarning
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", ScaleRestartWarning)
+    ...     # explainer.fit(...) or explainer.influences(...) here would raise on a restart
+    """
 
 
 class CurvatureTooLargeError(MemoryError):
-    """Raised by :class:`Exact` when the explicit ``P x P`` curvature would not fit in memory."""
+    """Raised by :class:`Exact` when the explicit ``P x P`` curvature would not fit in memory.
+
+    Raised before any curvature product; the message says how much memory was needed.
+
+    Examples
+    --------
+    >>> from sk_fastif.solvers import CurvatureOperator, CurvatureTooLargeError, Exact
+    >>> huge = CurvatureOperator(matvec=None, batch_matvec=None, n_params=10**7, n_samples=10)
+    >>> try:
+    ...     Exact().prepare(huge)
+    ... except CurvatureTooLargeError as exc:
+    ...     print(str(exc)[:58])
+    Exact needs the explicit n_params x n_params curvature mat
+    """
 
 
 def _numeric_only(constraints: list) -> bool:

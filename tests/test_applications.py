@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from skorch import NeuralNetClassifier
@@ -25,6 +26,7 @@ from sk_fastif.datasets import (
     train_mlp_classifier,
 )
 from sk_fastif.metrics import mislabel_detection_curve, step_test
+from sk_fastif.neighbors import ExactCandidates
 from sk_fastif.solvers import Exact
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -119,6 +121,36 @@ def test_pool_of_training_rows_scores_as_the_training_set(linear):
 
 
 # ================================================================================ correct
+def test_pool_shortlists_are_the_nearest_pool_points(linear):
+    net, X, y = linear  # a linear module: the embedding (the last layer's input) is X itself
+    X_pool, y_pool = _linear_problem(seed=3, n=30)
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
+                              candidates=ExactCandidates(n_neighbors=6)).fit(X, y)
+    got = expl.pool_influences(X[:4], y[:4], X_pool=X_pool, y_pool=y_pool)
+    assert got.shape == (4, 30)
+    nearest = NearestNeighbors(n_neighbors=6).fit(X_pool).kneighbors(X[:4])[1]
+    want = _explicit_scores(net, X, y, X[:4], y[:4], X_pool, y_pool, 1e-2)
+    for i in range(4):
+        row = got.getrow(i)
+        assert sorted(row.indices.tolist()) == sorted(nearest[i].tolist())
+        np.testing.assert_allclose(row.data, want[i, row.indices], rtol=1e-6, atol=1e-12)
+    ex = expl.explain_pool(X[:4], y[:4], X_pool=X_pool, y_pool=y_pool, k=3)
+    assert all(set(ex.helpful_indices[i]) <= set(nearest[i]) for i in range(4))
+
+
+def test_correct_with_candidates_steps_on_the_anchors_shortlist(linear):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
+                              candidates=ExactCandidates(n_neighbors=8)).fit(X, y)
+    fixed = expl.correct(X[:5], y[:5], n_steps=1, n_anchors=5, n_helpful=4, lr=0.1,
+                         random_state=0)
+    shortlist = NearestNeighbors(n_neighbors=8).fit(X).kneighbors(X[:5].mean(0, keepdims=True))
+    chosen = fixed.correction_history_[1]["indices"]
+    assert len(chosen) == 4 and set(chosen) <= set(shortlist[1][0])
+    with pytest.raises(ValueError, match="n_neighbors"):
+        expl.correct(X[:5], y[:5], n_helpful=9)
+
+
 def test_correct_takes_sgd_steps_on_the_pool_points_only(linear):
     net, X, y = linear
     X_pool, y_pool = _linear_problem(seed=2, n=30)

@@ -18,6 +18,7 @@ from . import _net
 from . import _ranking as ranking
 from . import _sklearn_compat as compat
 from . import _validation as val
+from ._correct import ApplicationsMixin
 from ._engine import InfluenceEngine
 from ._explanation import Explanation
 from ._inputs import InputTransformer
@@ -32,7 +33,8 @@ __all__ = ["InfluenceExplainer"]
 _PRIVATE_FIT_STATE = ("_inputs",)
 
 
-class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEstimator):
+class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstimatorMixin,
+                         BaseEstimator):
     """Explain a skorch net's predictions by the training points that most influenced them.
 
     For a test point ``z`` and training point ``z_j`` the influence score is

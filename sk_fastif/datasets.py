@@ -5,6 +5,8 @@ Everything here is built from what scikit-learn ships or generates, so it runs o
 * :func:`load_digits_split`: scikit-learn's 8x8 digits, scaled to [0, 1], split in two;
 * :func:`make_classification_split`: a synthetic ``make_classification`` problem, split in two;
 * :func:`flip_labels`: plant label noise, returning which labels were flipped;
+* :func:`make_noisy_labels`: the same noise, returning the flip mask;
+* :func:`make_shortcut_digits`: digits with a planted shortcut, and a challenge split breaking it;
 * :class:`TanhMLP`: a tanh multi-layer perceptron with named ``hidden`` and ``output`` layers;
 * :func:`make_mlp_classifier` and :func:`train_mlp_classifier`: a skorch classifier around it;
 * :func:`train_digits_net`: the demo's digits classifier and its split.
@@ -30,6 +32,8 @@ __all__ = [
     "flip_labels",
     "load_digits_split",
     "make_classification_split",
+    "make_noisy_labels",
+    "make_shortcut_digits",
     "make_mlp_classifier",
     "train_digits_net",
     "train_mlp_classifier",
@@ -452,3 +456,121 @@ def train_digits_net(
         split=split, n_train=n_train, n_test=n_test, random_state=random_state)
     net = train_mlp_classifier(X_train, y_train, n_out=10, random_state=random_state, **params)
     return net, X_train, X_test, y_train, y_test
+
+
+def make_noisy_labels(y, rate: float, random_state=0) -> tuple[np.ndarray, np.ndarray]:
+    """Plant label noise at ``rate``: the noisy labels and the boolean mask of the flipped ones.
+
+    This *is* :func:`flip_labels` (the same draw: exactly ``round(rate * len(y))`` samples
+    get a label drawn uniformly among the other classes; the same ``random_state`` flips the
+    same samples), returned in the form :func:`sk_fastif.metrics.mislabel_detection_curve`
+    takes: a boolean mask over the samples instead of their indices. There is one noise
+    model in the package; use whichever form suits.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+        Labels, of at least two distinct classes.
+    rate : float
+        Fraction of the samples to mislabel, in [0, 1].
+    random_state : int, RandomState instance or None, default=0
+        Seed of the choice of samples and of their new labels.
+
+    Returns
+    -------
+    y_noisy : ndarray of shape (n_samples,)
+        A copy of ``y`` with the flipped labels.
+    is_flipped : ndarray of shape (n_samples,), dtype bool
+        True exactly where ``y_noisy != y``.
+
+    See Also
+    --------
+    flip_labels : The same noise, returning the indices of the flipped samples.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_fastif.datasets import flip_labels, make_noisy_labels
+    >>> y = np.arange(20) % 4
+    >>> y_noisy, is_flipped = make_noisy_labels(y, 0.25, random_state=1)
+    >>> int(is_flipped.sum()), bool(np.all((y_noisy != y) == is_flipped))
+    (5, True)
+    >>> np.flatnonzero(is_flipped).tolist() == flip_labels(y, 0.25, random_state=1)[1].tolist()
+    True
+    """
+    y_noisy, flipped = flip_labels(y, rate, random_state=random_state)
+    is_flipped = np.zeros(len(y_noisy), dtype=bool)
+    is_flipped[flipped] = True
+    return y_noisy, is_flipped
+
+
+# one blank pixel per class: the left column (rows 0-7) and two of the right column (rows 3, 4),
+# pixels that are (almost) always 0 in the digits
+SHORTCUT_PIXELS = np.array([0, 8, 16, 24, 32, 40, 48, 56, 31, 39])
+
+
+def make_shortcut_digits(
+    *,
+    n_train: int | None = 1000,
+    n_challenge: int | None = None,
+    agreement: float = 0.9,
+    random_state=0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Digits with a planted shortcut: a pixel giving the label away, except in a challenge split.
+
+    Each class ``c`` owns one marker pixel, ``SHORTCUT_PIXELS[c]`` (a border pixel that is
+    blank in the digits); every image gets exactly one marker, set to 1. In the training split
+    the marker is the image's own class for ``round(agreement * n_train)`` images drawn at
+    random and another class (uniformly) for the others; in the challenge split it is
+    **never** the image's own class. A net trained on the first leans on the marker and fails
+    on the second: the analogue, on digits, of a model that learns the word-overlap heuristic
+    from MNLI and fails on HANS. The training images that break the shortcut are the ones that
+    teach the digit itself.
+
+    Parameters
+    ----------
+    n_train : int or None, default=1000
+        Number of training images; None: all but ``n_challenge``.
+    n_challenge : int or None, default=None
+        Number of challenge images; None: the rest of the 1,797 digits.
+    agreement : float, default=0.9
+        Fraction of the training images whose marker is their own class, in [0, 1].
+    random_state : int, RandomState instance or None, default=0
+        Seed of the split and of the markers.
+
+    Returns
+    -------
+    X_train : ndarray of shape (n_train, 64), dtype float32
+        Training images in [0, 1], marker included.
+    X_challenge : ndarray of shape (n_challenge, 64), dtype float32
+        Challenge images, their markers all disagreeing with the label.
+    y_train : ndarray of shape (n_train,), dtype int64
+    y_challenge : ndarray of shape (n_challenge,), dtype int64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_fastif.datasets import SHORTCUT_PIXELS, make_shortcut_digits
+    >>> X_tr, X_ch, y_tr, y_ch = make_shortcut_digits(n_train=500, n_challenge=200)
+    >>> X_tr.shape, X_ch.shape
+    ((500, 64), (200, 64))
+    >>> marker = lambda X: np.argmax(X[:, SHORTCUT_PIXELS], axis=1)
+    >>> round(float(np.mean(marker(X_tr) == y_tr)), 2), float(np.mean(marker(X_ch) == y_ch))
+    (0.9, 0.0)
+    """
+    if isinstance(agreement, bool) or not isinstance(agreement, Real) or not 0 <= agreement <= 1:
+        raise ValueError(f"agreement must be a number in [0, 1], got {agreement!r}.")
+    X, X_ch, y, y_ch = load_digits_split(split="permutation", n_train=n_train,
+                                         n_test=n_challenge, random_state=random_state)
+    rng = check_random_state(random_state)
+    out = []
+    for images, labels, agree in ((X, y, agreement), (X_ch, y_ch, 0.0)):
+        images = images.copy()
+        other = (labels + rng.randint(1, 10, size=len(labels))) % 10
+        keeps = np.zeros(len(labels), dtype=bool)
+        keeps[rng.permutation(len(labels))[:int(round(agree * len(labels)))]] = True
+        marker = np.where(keeps, labels, other)
+        images[:, SHORTCUT_PIXELS] = 0.0
+        images[np.arange(len(images)), SHORTCUT_PIXELS[marker]] = 1.0
+        out.append(images)
+    return out[0], out[1], y, y_ch

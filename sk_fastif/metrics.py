@@ -14,6 +14,7 @@ from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _validation as val
+from ._app_metrics import mislabel_detection_curve, step_test
 from ._ranking import csr_to_candidates, top_k
 from .solvers import BaseSolver, Exact
 
@@ -21,7 +22,9 @@ __all__ = [
     "candidate_recall",
     "influence_agreement",
     "make_influence_scorer",
+    "mislabel_detection_curve",
     "relative_residual_score",
+    "step_test",
     "top_k_overlap",
 ]
 

@@ -1,0 +1,343 @@
+"""The applications: correct, pool scoring, mislabel ranking, step_test and their datasets.
+
+Truth comes from closed forms (an explicit Hessian of a small linear model, one hand-made SGD
+step), from the planted answer (flipped labels, the shortcut pixel) or from another path.
+"""
+
+import copy
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from skorch import NeuralNetClassifier
+
+from sk_fastif import InfluenceExplainer
+from sk_fastif.datasets import (
+    SHORTCUT_PIXELS,
+    flip_labels,
+    load_digits_split,
+    make_noisy_labels,
+    make_shortcut_digits,
+    train_mlp_classifier,
+)
+from sk_fastif.metrics import mislabel_detection_curve, step_test
+from sk_fastif.neighbors import ExactCandidates
+from sk_fastif.solvers import Exact
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+# ============================================================================== fixtures
+def _linear_problem(seed=0, n=60, d=4, classes=3):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, d)
+    W = rng.randn(d, classes)
+    y = np.argmax(X @ W + 0.5 * rng.randn(n, classes), axis=1).astype(np.int64)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """A float64 softmax regression trained by plain SGD (so a correction step is SGD too)."""
+    X, y = _linear_problem()
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        torch.nn.Linear, module__in_features=4, module__out_features=3,
+        criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD, lr=0.5, max_epochs=30,
+        batch_size=60, train_split=None, verbose=0)
+    net.initialize()
+    net.module_.double()
+    net.partial_fit(X, y)
+    return net, X, y
+
+
+def _explicit_scores(net, X_train, y_train, X, y, Xc, yc, damping):
+    """(1/n) g(x)ᵀ (H + λI)⁻¹ g(c) with H the explicit Hessian of the mean training loss."""
+    module = net.module_
+    names = [n for n, _ in module.named_parameters()]
+    theta0 = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    shapes = [p.shape for p in module.parameters()]
+
+    def loss(theta, Xa, ya):
+        parts, start = {}, 0
+        for name, shape in zip(names, shapes):
+            size = int(np.prod(shape))
+            parts[name] = theta[start:start + size].reshape(shape)
+            start += size
+        out = torch.func.functional_call(module, parts, (Xa,))
+        return torch.nn.functional.cross_entropy(out, ya)
+
+    t = torch.as_tensor
+    H = torch.autograd.functional.hessian(lambda th: loss(th, t(X_train), t(y_train)), theta0)
+    grad = torch.func.grad(loss)
+    G = torch.stack([grad(theta0, t(X[i:i + 1]), t(y[i:i + 1])) for i in range(len(X))])
+    Gc = torch.stack([grad(theta0, t(Xc[i:i + 1]), t(yc[i:i + 1])) for i in range(len(Xc))])
+    S = torch.linalg.solve(H + damping * torch.eye(len(theta0), dtype=H.dtype), G.T).T
+    return (S @ Gc.T).numpy() / len(X_train)
+
+
+def _params(estimator):
+    net = estimator[-1] if hasattr(estimator, "steps") else estimator
+    return {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def shortcut():
+    """The shortcut digits, an SGD-trained MLP, and the challenge split in three parts."""
+    X_tr, X_ch, y_tr, y_ch = make_shortcut_digits(n_train=600, n_challenge=600, agreement=0.95,
+                                                  random_state=1)
+    net = train_mlp_classifier(X_tr, y_tr, n_out=10, random_state=1, lr=0.2, max_epochs=15,
+                               optimizer=torch.optim.SGD)
+    parts = np.array_split(np.arange(len(X_ch)), 3)
+    return net, X_tr, y_tr, [(X_ch[p], y_ch[p]) for p in parts]
+
+
+# ============================================================================ pool scores
+def test_pool_influences_match_the_explicit_hessian(linear):
+    net, X, y = linear
+    X_pool, y_pool = _linear_problem(seed=1, n=25)
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    got = expl.pool_influences(X[:5], y[:5], X_pool=X_pool, y_pool=y_pool)
+    want = _explicit_scores(net, X, y, X[:5], y[:5], X_pool, y_pool, 1e-2)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    ex = expl.explain_pool(X[:5], y[:5], X_pool=X_pool, y_pool=y_pool, k=4)
+    np.testing.assert_array_equal(ex.helpful_indices, np.argsort(-want, axis=1)[:, :4])
+    np.testing.assert_array_equal(ex.harmful_indices, np.argsort(want, axis=1)[:, :4])
+    np.testing.assert_array_equal(ex.train_labels, y_pool)
+
+
+def test_pool_of_training_rows_scores_as_the_training_set(linear):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    rows = np.array([3, 17, 40, 41])
+    got = expl.pool_influences(X[:4], y[:4], X_pool=X[rows], y_pool=y[rows], query="mean")
+    np.testing.assert_allclose(got, expl.influences(X[:4], y[:4], query="mean")[:, rows],
+                               rtol=1e-9)
+
+
+# ================================================================================ correct
+def test_pool_shortlists_are_the_nearest_pool_points(linear):
+    net, X, y = linear  # a linear module: the embedding (the last layer's input) is X itself
+    X_pool, y_pool = _linear_problem(seed=3, n=30)
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
+                              candidates=ExactCandidates(n_neighbors=6)).fit(X, y)
+    got = expl.pool_influences(X[:4], y[:4], X_pool=X_pool, y_pool=y_pool)
+    assert got.shape == (4, 30)
+    nearest = NearestNeighbors(n_neighbors=6).fit(X_pool).kneighbors(X[:4])[1]
+    want = _explicit_scores(net, X, y, X[:4], y[:4], X_pool, y_pool, 1e-2)
+    for i in range(4):
+        row = got.getrow(i)
+        assert sorted(row.indices.tolist()) == sorted(nearest[i].tolist())
+        np.testing.assert_allclose(row.data, want[i, row.indices], rtol=1e-6, atol=1e-12)
+    ex = expl.explain_pool(X[:4], y[:4], X_pool=X_pool, y_pool=y_pool, k=3)
+    assert all(set(ex.helpful_indices[i]) <= set(nearest[i]) for i in range(4))
+
+
+def test_correct_with_candidates_steps_on_the_anchors_shortlist(linear):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
+                              candidates=ExactCandidates(n_neighbors=8)).fit(X, y)
+    fixed = expl.correct(X[:5], y[:5], n_steps=1, n_anchors=5, n_helpful=4, lr=0.1,
+                         random_state=0)
+    shortlist = NearestNeighbors(n_neighbors=8).fit(X).kneighbors(X[:5].mean(0, keepdims=True))
+    chosen = fixed.correction_history_[1]["indices"]
+    assert len(chosen) == 4 and set(chosen) <= set(shortlist[1][0])
+    with pytest.raises(ValueError, match="n_neighbors"):
+        expl.correct(X[:5], y[:5], n_helpful=9)
+
+
+def test_correct_takes_sgd_steps_on_the_pool_points_only(linear):
+    net, X, y = linear
+    X_pool, y_pool = _linear_problem(seed=2, n=30)
+    before = _params(net)
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    fixed = expl.correct(X[:8], y[:8], n_steps=1, n_anchors=8, n_helpful=5, lr=0.3,
+                         X_pool=X_pool, y_pool=y_pool, random_state=0)
+    assert type(fixed) is type(net) and fixed is not net
+    for k, v in _params(net).items():  # the user's net is untouched
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    chosen = fixed.correction_history_[1]["indices"]
+    want_idx = np.argsort(-expl.pool_influences(X[:8], y[:8], X_pool=X_pool, y_pool=y_pool,
+                                                query="mean")[0])[:5]
+    assert sorted(chosen.tolist()) == sorted(want_idx.tolist())
+    # the step is one SGD step on the mean loss of those pool points, nothing else
+    manual = copy.deepcopy(net.module_)
+    out = manual(torch.as_tensor(X_pool[chosen]))
+    torch.nn.functional.cross_entropy(out, torch.as_tensor(y_pool[chosen])).backward()
+    with torch.no_grad():
+        for p in manual.parameters():
+            p -= 0.3 * p.grad
+    for v, p in zip(fixed.module_.state_dict().values(), manual.state_dict().values()):
+        torch.testing.assert_close(v, p, rtol=1e-10, atol=1e-12)
+
+
+def test_correct_beats_random_on_the_shortcut_challenge(shortcut):
+    net, X_tr, y_tr, ((X_a, y_a), (X_v, y_v), (X_t, y_t)) = shortcut
+    before = _params(net)
+    wrong = net.predict(X_a) != y_a
+    breaks_shortcut = np.argmax(X_tr[:, SHORTCUT_PIXELS], axis=1) != y_tr  # the planted answer
+    expl = InfluenceExplainer(net, params=["output"], solver=Exact(damping=1e-3)).fit(X_tr, y_tr)
+    accuracy, chosen = {}, {}
+    for strategy in ("helpful", "random"):
+        fixed = expl.correct(X_a[wrong], y_a[wrong], n_steps=8, lr=0.1, n_helpful=10,
+                             strategy=strategy, refresh=None, X_val=X_v, y_val=y_v,
+                             random_state=0)
+        assert type(fixed) is type(net)
+        accuracy[strategy] = float(np.mean(fixed.predict(X_t) == y_t))
+        history = fixed.correction_history_
+        chosen[strategy] = np.concatenate([h["indices"] for h in history])
+        assert [h["step"] for h in history] == list(range(9))
+        assert set(history[0]) == {"step", "indices", "val_loss", "val_accuracy"}
+        kept = history[fixed.correction_step_]
+        assert kept["val_accuracy"] == max(h["val_accuracy"] for h in history)
+        assert kept["val_accuracy"] == pytest.approx(float(np.mean(fixed.predict(X_v) == y_v)))
+    for k, v in _params(net).items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    # influence finds the training images that contradict the shortcut (5% of them)
+    assert breaks_shortcut[chosen["helpful"]].mean() >= 0.3 > 0.15 >= breaks_shortcut[
+        chosen["random"]].mean()
+    assert accuracy["helpful"] > accuracy["random"], accuracy
+
+
+def test_correct_on_a_pipeline_returns_a_pipeline_and_keeps_the_user_one(linear):
+    net, X, y = linear
+    pipe = make_pipeline(FunctionTransformer(lambda a: a * 2.0), copy.deepcopy(net))
+    pipe[:-1].fit(X)
+    before = _params(pipe)
+    expl = InfluenceExplainer(pipe, solver=Exact(damping=1e-2)).fit(X / 2.0, y)
+    fixed = expl.correct(X[:6] / 2.0, y[:6], n_steps=2, lr=0.1, random_state=0)
+    assert type(fixed) is type(pipe) and fixed is not pipe
+    assert [h["val_loss"] for h in fixed.correction_history_] == [None, None, None]
+    assert fixed.correction_step_ == 2
+    for k, v in _params(pipe).items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert any(not torch.equal(v, before[k]) for k, v in _params(fixed).items())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"X": np.zeros((0, 4))}, "empty"),
+    ({"y": np.full(8, 7)}, "outside|never trained"),
+    ({"X_pool": np.zeros((5, 4))}, "without labels"),
+    ({"n_helpful": 61}, "exceeds the 60 points of the training set"),
+    ({"X_pool": np.zeros((5, 4)), "y_pool": np.zeros(5, dtype=np.int64), "n_helpful": 6},
+     "exceeds the 5 points of the pool"),
+    ({"X_val": np.zeros((3, 4))}, "X_val and y_val"),
+    ({"strategy": "anchors", "X_pool": np.zeros((5, 4)), "y_pool": np.zeros(5, dtype=int)},
+     "anchors"),
+    ({"strategy": "nearest"}, "strategy"),
+    ({"n_steps": 0}, "n_steps"),
+])
+def test_correct_refuses_bad_input(linear, kwargs, match):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    args = {"X": X[:8], "y": y[:8], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        expl.correct(args.pop("X"), args.pop("y"), **args)
+
+
+def test_pool_scoring_refuses_a_pool_without_labels(linear):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    with pytest.raises(ValueError, match="without labels"):
+        expl.explain_pool(X[:2], y[:2], X_pool=X, y_pool=None)
+    with pytest.raises(ValueError, match="k"):
+        expl.explain_pool(X[:2], y[:2], X_pool=X[:3], y_pool=y[:3], k=4)
+
+
+# ============================================================================= mislabels
+def test_mislabel_curve_closed_forms():
+    flipped = np.array([True, False, False, True, False])
+    fi, ff, auc = mislabel_detection_curve([5, 1, 2, 4, 3], flipped)  # flips first
+    np.testing.assert_allclose(fi, [0, .2, .4, .6, .8, 1])
+    np.testing.assert_allclose(ff, [0, .5, 1, 1, 1, 1])
+    assert auc == pytest.approx(1 - 0.4 / 2)
+    _, ff, auc = mislabel_detection_curve([1, 5, 4, 2, 3], flipped)  # flips last
+    np.testing.assert_allclose(ff, [0, 0, 0, 0, .5, 1])
+    assert auc == pytest.approx(0.4 / 2)
+    fi, ff, auc = mislabel_detection_curve(np.zeros(5), flipped)  # one tie: the diagonal
+    np.testing.assert_allclose(fi, [0, 1]) and np.testing.assert_allclose(ff, [0, 1])
+    assert auc == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="mask"):
+        mislabel_detection_curve([1.0, 2.0, 3.0], [0, 2, 0])
+    with pytest.raises(ValueError, match="no point"):
+        mislabel_detection_curve([1.0, 2.0], [False, False])
+
+
+def test_self_influence_finds_planted_flipped_labels():
+    X, _, y, _ = load_digits_split(split="permutation", n_train=500, n_test=0, random_state=3)
+    y_noisy, is_flipped = make_noisy_labels(y, 0.1, random_state=3)
+    net = train_mlp_classifier(X, y_noisy, n_out=10, random_state=3, max_epochs=30)
+    expl = InfluenceExplainer(net, params=["output"], solver=Exact(damping=1e-3)).fit(X, y_noisy)
+    fi, ff, auc = mislabel_detection_curve(expl.self_influence(), is_flipped)
+    found_20 = float(np.interp(0.2, fi, ff))
+    assert found_20 >= 0.6 and auc >= 0.8, (found_20, auc)  # chance: 0.2 and 0.5
+
+
+# ============================================================================== step test
+def test_step_test_matches_a_hand_made_step(linear):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    res = step_test(expl, X[:6], y[:6], k=5, lr=0.05, random_state=0)
+    ex = expl.explain(X[:6], y[:6], k=5)
+    for i in range(6):
+        manual = copy.deepcopy(net.module_)
+        rows = ex.helpful_indices[i]
+        ce = torch.nn.functional.cross_entropy
+        ce(manual(torch.as_tensor(X[rows])), torch.as_tensor(y[rows])).backward()
+        xi, yi = torch.as_tensor(X[i:i + 1]), torch.as_tensor(y[i:i + 1])
+        with torch.no_grad():
+            before = ce(manual(xi), yi)
+            for p in manual.parameters():
+                p -= 0.05 * p.grad
+            after = ce(manual(xi), yi)
+        assert res.helpful[i] == pytest.approx(float(after - before), rel=1e-8, abs=1e-12)
+    assert res.helpful.mean() < res.random.mean() < res.harmful.mean()
+    assert res.helpful_lowers >= 0.8 and res.harmful_raises >= 0.8
+
+
+# =============================================================================== datasets
+def test_shortcut_digits_plant_the_shortcut():
+    X_tr, X_ch, y_tr, y_ch = make_shortcut_digits(n_train=400, n_challenge=100, agreement=0.8,
+                                                  random_state=1)
+    for X in (X_tr, X_ch):
+        assert np.all(X[:, SHORTCUT_PIXELS].sum(axis=1) == 1.0)
+    marker = lambda X: np.argmax(X[:, SHORTCUT_PIXELS], axis=1)  # noqa: E731
+    assert np.mean(marker(X_tr) == y_tr) == 0.8
+    assert not np.any(marker(X_ch) == y_ch)
+    again = make_shortcut_digits(n_train=400, n_challenge=100, agreement=0.8, random_state=1)
+    np.testing.assert_array_equal(again[0], X_tr)
+    with pytest.raises(ValueError, match="agreement"):
+        make_shortcut_digits(agreement=1.5)
+
+
+def test_make_noisy_labels_is_flip_labels_as_a_mask():
+    y = np.arange(50) % 5
+    y_noisy, mask = make_noisy_labels(y, 0.2, random_state=4)
+    y_flip, idx = flip_labels(y, 0.2, random_state=4)
+    np.testing.assert_array_equal(y_noisy, y_flip)
+    np.testing.assert_array_equal(np.flatnonzero(mask), idx)
+    assert mask.dtype == bool and mask.sum() == 10 and np.all((y_noisy != y) == mask)
+
+
+# =============================================================================== examples
+@pytest.mark.parametrize("name, check", [
+    ("plot_correct_shortcut.py",
+     lambda ns: ns["breakers"]["helpful"] > 3 * ns["breakers"]["random"]),
+    ("plot_mislabels.py", lambda ns: ns["found"]["self-influence"][0.2] > 0.5),
+    ("plot_step_test.py", lambda ns: ns["result"].helpful.mean() < ns["result"].harmful.mean()),
+])
+def test_gallery_examples_run(monkeypatch, name, check):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    ns = runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    assert check(ns)
+    assert plt.get_fignums()
+    plt.close("all")

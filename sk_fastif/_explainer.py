@@ -215,7 +215,8 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
 
         selector = None
         if self.candidates is not None:
-            selector = seed_selector(clone(self.candidates), seeds).fit(self.net_, Xt)
+            selector = seed_selector(clone(self.candidates), seeds).fit(self.net_, Xt,
+                                                                        engine=engine)
         # set last: an interrupted fit leaves the explainer not fitted (see _check_fitted)
         self.candidates_ = selector
         return self
@@ -259,8 +260,8 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         self.last_solve_ = res
         return res.solution
 
-    def _shortlists(self, Xt, query: str) -> np.ndarray:
-        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query)
+    def _shortlists(self, Xt, query: str, S) -> np.ndarray:
+        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query, factors=S)
         return np.sort(indices, axis=1)
 
     # ============================================================================ computation
@@ -282,7 +283,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         engine = self.parallel_engine()
         if self.candidates_ is None:
             return engine.score_rows(S), None, labels
-        pool = self._shortlists(Xt, query)
+        pool = self._shortlists(Xt, query, S)
         return engine.score_candidates(S, pool), pool, labels
 
     def influences(self, X, y=None, *, query: str = "each"):

@@ -14,13 +14,22 @@ Three parts, each printing markdown tables (ratios against a baseline run in the
     reference scores over each point's candidates, and R@10 of the shortlist and of the
     explanation's top 10 against the reference's exhaustive top 10.
 (c) How the time per test point grows with n, the index build reported separately.
+(d) Selectors in feature and gradient space at the same k: penultimate and input neighbours,
+    the gradient dot product and ``GradientSketchCandidates`` (SVD, orthogonal and Gaussian
+    projections), R@10 of the helpful list against exhaustive exact scores, on the digits MLP
+    and a 5,800-row 4-class problem; the recall-vs-k curves with the random baseline go to
+    ``benchmarks/results/candidate_recall.json``.
+(e) The query cost of the sketch after fit against the number of parameters.
+(f) ``--factor-scoring``: exhaustive scoring from the rank-one factors of linear layers (layer
+    inputs and backpropagated signals) against the engine's and against pruning, at 100,000 rows.
 
 All times are CPU seconds of the benchmark process (``time.process_time``) with one torch thread,
 so that other jobs on a shared machine do not distort the ratios.
 
 Run: ``python benchmarks/bench_knn.py`` (10,000, 30,000 and 100,000 training rows; about 30
 minutes on two CPU cores). ``--large`` adds 1,000,000 rows (about 25 more minutes, 4 GB of memory);
-``--quick`` is a small smoke run. The tables of a ``--large`` run are in docs/candidates.rst.
+``--quick`` is a small smoke run; ``--selectors`` runs (d) and (e) only (about 5 minutes). The
+tables of a ``--large`` run are in docs/candidates.rst.
 """
 
 from __future__ import annotations
@@ -283,7 +292,7 @@ def selector_problems(args):
 def sketch_selectors(n_params: int) -> dict:
     """The gradient-space selectors compared (unfitted, seeded), by label."""
     sel = {}
-    for d in (32, 128):
+    for d in (32, 128, 256):
         sel[f"sketch svd d={d} helpful"] = GradientSketchCandidates(
             1, n_components=d, kind="helpful", random_state=0)
     sel["sketch svd d=128 abs"] = GradientSketchCandidates(1, n_components=128, random_state=0)
@@ -376,7 +385,7 @@ def query_cost_study(args):
         sel, t_fit = timed(GradientSketchCandidates(100, n_components=128, random_state=0).fit,
                            net, Xtr, engine=engine)
         pen = ExactCandidates(100).fit(net, Xtr)
-        reps = 5
+        reps = 9
         t_exh = np.median([timed(engine.score_rows, S)[1] for _ in range(1)])
         t_q = np.median([timed(sel.kneighbors, net, Xq, factors=S)[1] for _ in range(reps)])
         t_proj = np.median([timed(sel.transform, S)[1] for _ in range(reps)])

@@ -56,10 +56,11 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
     solver : Exact, CG, LiSSA or None, default=None
         The inverse-Hessian-vector-product solver; ``None`` means ``LiSSA()``. Its ``damping`` is
         ``λ`` above.
-    candidates : NNDescentCandidates, ExactCandidates or None, default=None
+    candidates : BaseCandidates or None, default=None
         ``None`` scores every training point. A selector from :mod:`sk_fastif.neighbors` scores
         only each test point's ``n_neighbors`` nearest training points in the net's feature
-        space (FastIF's pruning), computing training gradients once per distinct candidate of a
+        space (FastIF's pruning) or, for ``GradientSketchCandidates``, those of highest sketched
+        score in gradient space, computing training gradients once per distinct candidate of a
         call; :meth:`influences` then returns a sparse matrix. The curvature still uses the
         whole training set. Check the shortlists with :meth:`audit_candidates`.
     params : list of str or None, default=None

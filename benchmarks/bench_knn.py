@@ -14,18 +14,28 @@ Three parts, each printing markdown tables (ratios against a baseline run in the
     reference scores over each point's candidates, and R@10 of the shortlist and of the
     explanation's top 10 against the reference's exhaustive top 10.
 (c) How the time per test point grows with n, the index build reported separately.
+(d) Selectors in feature and gradient space at the same k: penultimate and input neighbours,
+    the gradient dot product and ``GradientSketchCandidates`` (SVD, orthogonal and Gaussian
+    projections), R@10 of the helpful list against exhaustive exact scores, on the digits MLP
+    and a 5,800-row 4-class problem; the recall-vs-k curves with the random baseline go to
+    ``benchmarks/results/candidate_recall.json``.
+(e) The query cost of the sketch after fit against the number of parameters.
+(f) ``--factor-scoring``: exhaustive scoring from the rank-one factors of linear layers (layer
+    inputs and backpropagated signals) against the engine's and against pruning, at 100,000 rows.
 
 All times are CPU seconds of the benchmark process (``time.process_time``) with one torch thread,
 so that other jobs on a shared machine do not distort the ratios.
 
 Run: ``python benchmarks/bench_knn.py`` (10,000, 30,000 and 100,000 training rows; about 30
 minutes on two CPU cores). ``--large`` adds 1,000,000 rows (about 25 more minutes, 4 GB of memory);
-``--quick`` is a small smoke run. The tables of a ``--large`` run are in docs/candidates.rst.
+``--quick`` is a small smoke run; ``--selectors`` runs (d) and (e) only (about 5 minutes). The
+tables of a ``--large`` run are in docs/candidates.rst.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -41,8 +51,8 @@ from sklearn.base import clone
 
 from sk_fastif import InfluenceExplainer
 from sk_fastif.datasets import make_classification_split, train_digits_net, train_mlp_classifier
-from sk_fastif.neighbors import ExactCandidates, NNDescentCandidates
-from sk_fastif.solvers import Exact, LiSSA
+from sk_fastif.neighbors import ExactCandidates, GradientSketchCandidates, NNDescentCandidates
+from sk_fastif.solvers import CG, Exact, LiSSA
 
 KINDS = {"helpful": lambda s: -s, "harmful": lambda s: s, "abs": lambda s: -np.abs(s)}
 
@@ -254,6 +264,232 @@ def speed_for_size(n, args, rows_b, rows_c, recall_problem=False):
                       nnd=fitted_sel)
 
 
+
+# ------------------------------------------------------------- (d) selectors in gradient space
+FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def make_four_class_problem(n_train: int = 5_800, n_test: int = 600, seed: int = 0):
+    """20 standardised features, 4 classes of 2 clusters each, 3% of the labels random."""
+    return make_classification_split(
+        n_train, n_test, n_features=20, n_informative=10, n_redundant=4, n_classes=4,
+        n_clusters_per_class=2, flip_y=0.03, class_sep=1.0, standardize=True, random_state=seed,
+    )
+
+
+def selector_problems(args):
+    """``name -> (net, X_train, y_train, X_test)`` of the selector study."""
+    out = {}
+    net, Xtr, Xte, ytr, _ = train_digits_net(0)
+    out["digits MLP 64-32-10"] = (net, Xtr, ytr, Xte)
+    Xtr, Xte, ytr, _ = make_four_class_problem()
+    net = train_mlp_classifier(Xtr, ytr, n_hidden=32, n_hidden_layers=2, lr=3e-3, max_epochs=30,
+                               batch_size=128, random_state=0)
+    out["make_classification 20-32-32-4"] = (net, Xtr, ytr, Xte)
+    return out
+
+
+def sketch_selectors(n_params: int) -> dict:
+    """The gradient-space selectors compared (unfitted, seeded), by label."""
+    sel = {}
+    for d in (32, 128, 256):
+        sel[f"sketch svd d={d} helpful"] = GradientSketchCandidates(
+            1, n_components=d, kind="helpful", random_state=0)
+    sel["sketch svd d=128 abs"] = GradientSketchCandidates(1, n_components=128, random_state=0)
+    d = min(512, n_params)
+    sel[f"sketch orthogonal d={d} helpful"] = GradientSketchCandidates(
+        1, n_components=d, projection="orthogonal", kind="helpful", random_state=0)
+    sel[f"sketch gaussian d={d} helpful"] = GradientSketchCandidates(
+        1, n_components=d, projection="gaussian", kind="helpful", random_state=0)
+    return sel
+
+
+def selector_study(args):
+    """R@10 (helpful) of every selector against exhaustive exact scores, recall-vs-k to JSON."""
+    results = {}
+    rows = []
+    for name, (net, Xtr, ytr, Xte) in selector_problems(args).items():
+        n = len(Xtr)
+        expl = InfluenceExplainer(net, solver=Exact(damping=args.sketch_damping),
+                                  curvature="gauss_newton").fit(Xtr, ytr)
+        engine = expl.engine_
+        Xq = Xte[: args.n_sketch_queries]
+        Xt, yt = expl.as_engine_input(Xq)  # explain the predicted labels
+        G = engine.gradients(Xt, yt)
+        S = engine.factors(G).solution
+        truth = engine.score_rows(S)  # exhaustive exact scores
+        ks = sorted({max(10, int(round(f * n))) for f in FRACTIONS})
+        print(f"\n#### (d) {name}: n = {n:,}, {expl.n_params_:,} parameters, Exact solver, "
+              f"Gauss-Newton, damping {args.sketch_damping:g}; {len(Xq)} test points, "
+              f"predicted labels\n")
+        curves: dict[str, list[float]] = {}
+        fit_times: dict[str, float] = {}
+        feature = {"penultimate kNN": ExactCandidates(1), "input kNN":
+                   ExactCandidates(1, embedding="input")}
+        for label, sel in feature.items():
+            fitted, fit_times[label] = timed(sel.fit, net, Xtr)
+            curves[label] = [recall_at(truth, fitted.kneighbors(net, Xq, k)[0], 10,
+                                       "helpful").mean() for k in ks]
+        # gradient dot product g_test . g_j: exhaustive, curvature left out (a reference)
+        dots = engine.score_rows(G)
+        fit_times["gradient dot (exhaustive)"] = None
+        order = np.argsort(-dots, axis=1, kind="stable")
+        curves["gradient dot (exhaustive)"] = [
+            recall_at(truth, order[:, :k], 10, "helpful").mean() for k in ks]
+        for label, sel in sketch_selectors(expl.n_params_).items():
+            fitted, fit_times[label] = timed(sel.fit, net, Xtr, engine=engine)
+            short = fitted.kneighbors(net, Xq, max(ks), factors=S)[0]
+            curves[label] = [recall_at(truth, short[:, :k], 10, "helpful").mean() for k in ks]
+            if fitted.captured_energy_ is not None:
+                label_e = f"{label} (captured energy {fitted.captured_energy_:.3f})"
+                fit_times[label_e] = fit_times.pop(label)
+                curves[label_e] = curves.pop(label)
+        print("| selector | fit (s) | " + " | ".join(f"k={k:,} ({k / n:.1%})" for k in ks) + " |")
+        print("| --- | ---: |" + " ---: |" * len(ks))
+        print("| random k/n | – | " + " | ".join(f"{k / n:.3f}" for k in ks) + " |")
+        for label, curve in curves.items():
+            t_fit = fit_times[label]
+            print(f"| {label} | {'–' if t_fit is None else f'{t_fit:.1f}'} | "
+                  + " | ".join(f"{r:.2f}" for r in curve) + " |")
+        for frac in (0.01, 0.05):
+            k = int(round(frac * n))
+            best = max(curves, key=lambda lab, k=k: np.interp(k, ks, curves[lab]))
+            rows.append((name, frac, k, best))
+        results[name] = {
+            "n_train": n, "n_params": int(expl.n_params_), "n_queries": len(Xq),
+            "metric": "R@10 helpful against exhaustive exact scores",
+            "k": ks, "random": [k / n for k in ks], "recall": curves,
+        }
+    path = Path(args.results_dir) / "candidate_recall.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nrecall-vs-k data written to {path}")
+
+
+def query_cost_study(args):
+    """Query cost after fit against the number of parameters, at a fixed n (the 5,800 rows)."""
+    Xtr, Xte, ytr, _ = make_four_class_problem()
+    Xq = Xte[:100]
+    print("\n#### (e) Query cost after fit per test point (ms), 100 queries in one call, "
+          f"n = {len(Xtr):,}; the iHVP solve is left out (the same for every selector)\n")
+    print("| hidden width | parameters | exhaustive scoring | sketch svd d=128: fit (s) | "
+          "sketch query | sketch: project | sketch: search | penultimate kNN query |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for width in args.cost_widths:
+        net = train_mlp_classifier(Xtr, ytr, n_hidden=width, n_hidden_layers=2, lr=3e-3,
+                                   max_epochs=5, batch_size=128, random_state=0)
+        expl = InfluenceExplainer(net, solver=CG(damping=0.01, max_iter=1)).fit(Xtr, ytr)
+        engine = expl.engine_
+        Xt, yt = expl.as_engine_input(Xq)
+        S = engine.gradients(Xt, yt)  # stands in for the factors: costs do not depend on values
+        sel, t_fit = timed(GradientSketchCandidates(100, n_components=128, random_state=0).fit,
+                           net, Xtr, engine=engine)
+        pen = ExactCandidates(100).fit(net, Xtr)
+        reps = 9
+        t_exh = np.median([timed(engine.score_rows, S)[1] for _ in range(1)])
+        t_q = np.median([timed(sel.kneighbors, net, Xq, factors=S)[1] for _ in range(reps)])
+        t_proj = np.median([timed(sel.transform, S)[1] for _ in range(reps)])
+        t_pen = np.median([timed(pen.kneighbors, net, Xq)[1] for _ in range(reps)])
+        per = 1e3 / len(Xq)
+        print(f"| {width} | {expl.n_params_:,} | {t_exh * per:.1f} | {t_fit:.1f} | "
+              f"{t_q * per:.3f} | {t_proj * per:.3f} | {(t_q - t_proj) * per:.3f} | "
+              f"{t_pen * per:.3f} |")
+
+
+
+# ----------------------------------------------- (f) exhaustive scoring from rank-one factors
+def layer_factors(net, X, y, batch_size: int = 4096):
+    """Per linear layer, the inputs ``a_j`` and backpropagated signals ``δ_j`` of every row.
+
+    A linear layer's per-sample weight gradient is the outer product ``δ_j a_jᵀ`` (and ``δ_j``
+    its bias gradient), so these two factors hold every per-sample gradient of an MLP.
+    """
+    module = net.module_
+    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    ins = {name: [] for name, _ in layers}
+    outs = {name: [] for name, _ in layers}
+    captured = {}
+
+    def hook(mod, inp, out, name):
+        out.retain_grad()
+        captured[name] = (inp[0].detach(), out)
+
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: hook(mod, i, o, name))
+               for name, m in layers]
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    try:
+        module.eval()
+        for start in range(0, len(Xt), batch_size):
+            logits = module(Xt[start : start + batch_size])
+            loss = torch.nn.functional.cross_entropy(logits, yt[start : start + batch_size],
+                                                     reduction="sum")
+            loss.backward()
+            for name, (a, out) in captured.items():
+                ins[name].append(a)
+                outs[name].append(out.grad.detach())
+        module.zero_grad(set_to_none=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return [(name, torch.cat(ins[name]), torch.cat(outs[name])) for name, _ in layers]
+
+
+def factor_scores(factors, S, n_train, max_elements: int = 1 << 24):
+    """Exact scores ``(1/n) s_i · g_j`` of every row from the layer factors, shape (m, n)."""
+    m = len(S)
+    out = torch.zeros(m, len(factors[0][1]), dtype=torch.float64)
+    offset = 0
+    for _, A, D in factors:
+        n_out, n_in = D.shape[1], A.shape[1]
+        SW = S[:, offset : offset + n_out * n_in].reshape(m * n_out, n_in)
+        Sb = S[:, offset + n_out * n_in : offset + n_out * (n_in + 1)]
+        offset += n_out * (n_in + 1)
+        chunk = max(1, max_elements // (m * n_out))
+        for start in range(0, len(A), chunk):
+            a, d = A[start : start + chunk], D[start : start + chunk]
+            T = (a @ SW.T).reshape(len(a), m, n_out)
+            out[:, start : start + chunk] += ((T * d[:, None, :]).sum(-1) + d @ Sb.T).T.double()
+    return (out / n_train).numpy()
+
+
+def factor_scoring_study(args):
+    """Is exhaustive scoring from stored layer factors cheaper than pruning at n rows?"""
+    n = args.factor_size
+    Xtr, Xte, ytr, _ = make_problem(n, seed=0)
+    net = train_mlp(Xtr, ytr, args.width)
+    expl = InfluenceExplainer(net, solver=CG(damping=0.01, max_iter=1)).fit(Xtr, ytr)
+    engine = expl.engine_
+    names = list(engine.bridge.selected)
+    assert names == [f"{a}.{b}" for a in ("hidden", "hidden2", "output")
+                     for b in ("weight", "bias")], names
+    factors, t_store = timed(layer_factors, net, Xtr, ytr)
+    floats = sum(A.numel() + D.numel() for _, A, D in factors)
+    Xt, yt = expl.as_engine_input(Xte[:64])
+    S = engine.gradients(Xt, yt)  # stands in for factors: the costs do not depend on values
+    check = factor_scores(factors, S[:2], n)[:, :2000]
+    ref = engine.score_rows(S[:2], rows=np.arange(2000))
+    err = float(np.abs(check - ref).max() / np.abs(ref).max())
+    print(f"\n#### (f) Exhaustive scoring from rank-one layer factors, n = {n:,}, MLP "
+          f"32-{args.width}-{args.width}-2 ({engine.n_params:,} parameters)\n")
+    print(f"factors stored in {t_store:.1f} s: {floats:,} float32 ({floats * 4 / 2**20:.0f} MiB, "
+          f"against {n * engine.n_params * 4 / 2**30:.1f} GiB for the gradients); largest "
+          f"relative difference to the engine's scores {err:.1e}\n")
+    sel, t_fit = timed(GradientSketchCandidates(1000, n_components=128, projection="gaussian",
+                                                random_state=0).fit, net, Xtr, engine=engine)
+    print("| test points per call | engine exhaustive (s / point) | factor exhaustive "
+          "(s / point) | sketch query + scoring k=1,000 (s / point) |")
+    print("| ---: | ---: | ---: | ---: |")
+    for m in (1, 64):
+        Sm = S[:m]
+        t_eng = timed(engine.score_rows, Sm)[1] if m == 1 else float("nan")
+        t_fac = timed(factor_scores, factors, Sm, n)[1]
+        (C, _), t_q = timed(sel.kneighbors, net, Xte[:m], factors=Sm)
+        t_sc = timed(engine.score_candidates, Sm, np.sort(C, axis=1))[1]
+        eng = "–" if m > 1 else f"{t_eng:.2f}"
+        print(f"| {m} | {eng} | {t_fac / m:.3f} | {(t_q + t_sc) / m:.3f} |")
+    print(f"\n(the sketch's fit, a Gaussian projection in one pass, took {t_fit:.0f} s)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
@@ -270,12 +506,23 @@ def main(argv=None):
     parser.add_argument("--n-quality", type=int, default=40,
                         help="test points (half correct, half wrong) for agreement and (a)")
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--selectors", action="store_true",
+                        help="only (d) and (e), the selectors in feature and gradient space")
+    parser.add_argument("--skip-selectors", action="store_true", help="leave out (d) and (e)")
+    parser.add_argument("--sketch-damping", type=float, default=0.01)
+    parser.add_argument("--n-sketch-queries", type=int, default=100)
+    parser.add_argument("--cost-widths", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--factor-scoring", action="store_true",
+                        help="only (f), exhaustive scoring from rank-one layer factors")
+    parser.add_argument("--factor-size", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.sizes, args.n_time, args.n_quality, args.width = [5_000], 1, 6, 64
         args.fast_depths = [100]
+        args.n_sketch_queries, args.cost_widths = 20, [16, 64]
     sizes = sorted(set(args.sizes + ([1_000_000] if args.large else [])))
     torch.manual_seed(0)
     warnings.simplefilter("ignore", UserWarning)
@@ -283,6 +530,15 @@ def main(argv=None):
           f"MLP width {args.width}; sizes: {sizes}; k = {args.k}; per test point: median of "
           f"{args.n_time} single-point calls; agreement over {args.n_quality} test points "
           "(half correct, half wrong)")
+
+    if args.factor_scoring:
+        factor_scoring_study(args)
+        return
+    if not args.skip_selectors:
+        selector_study(args)
+        query_cost_study(args)
+        if args.selectors:
+            return
 
     # pynndescent compiles its kernels once per process: pay it here, outside every timing
     warm = np.random.RandomState(0).randn(500, 8).astype(np.float32)

@@ -58,10 +58,11 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     solver : Exact, CG, LiSSA or None, default=None
         The inverse-Hessian-vector-product solver; ``None`` means ``LiSSA()``. Its ``damping`` is
         ``λ`` above.
-    candidates : NNDescentCandidates, ExactCandidates or None, default=None
+    candidates : BaseCandidates or None, default=None
         ``None`` scores every training point. A selector from :mod:`sk_fastif.neighbors` scores
         only each test point's ``n_neighbors`` nearest training points in the net's feature
-        space (FastIF's pruning), computing training gradients once per distinct candidate of a
+        space (FastIF's pruning) or, for ``GradientSketchCandidates``, those of highest sketched
+        score in gradient space, computing training gradients once per distinct candidate of a
         call; :meth:`influences` then returns a sparse matrix. The curvature still uses the
         whole training set. Check the shortlists with :meth:`audit_candidates`.
     params : list of str or None, default=None
@@ -217,7 +218,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
 
         selector = None
         if self.candidates is not None:
-            selector = seed_selector(clone(self.candidates), seeds).fit(self.net_, Xt)
+            selector = seed_selector(clone(self.candidates), seeds).fit(self.net_, Xt,
+                                                                        engine=engine)
         # set last: an interrupted fit leaves the explainer not fitted (see _check_fitted)
         self.candidates_ = selector
         return self
@@ -261,8 +263,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         self.last_solve_ = res
         return res.solution
 
-    def _shortlists(self, Xt, query: str) -> np.ndarray:
-        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query)
+    def _shortlists(self, Xt, query: str, S) -> np.ndarray:
+        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query, factors=S)
         return np.sort(indices, axis=1)
 
     # ============================================================================ computation
@@ -284,7 +286,7 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         engine = self.parallel_engine()
         if self.candidates_ is None:
             return engine.score_rows(S), None, labels
-        pool = self._shortlists(Xt, query)
+        pool = self._shortlists(Xt, query, S)
         return engine.score_candidates(S, pool), pool, labels
 
     def influences(self, X, y=None, *, query: str = "each"):

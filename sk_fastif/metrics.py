@@ -455,7 +455,7 @@ def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpfu
     # the same iHVPs for the exhaustive scores and the shortlists: only the pruning is measured
     S = engine.factors(engine.gradients(Xt, yt)).solution
     scores = engine.score_rows(S)
-    shortlist, _ = explainer.candidates_.kneighbors(explainer.net_, Xt)
+    shortlist, _ = explainer.candidates_.kneighbors(explainer.net_, Xt, factors=S)
     order, _ = top_k(scores, max(tops), kind)
     per_query = {}
     for m in tops:

@@ -13,6 +13,11 @@ without it. :class:`~sk_fastif.InfluenceExplainer` uses one through its ``candid
   built and ``prepare()``-d in :meth:`~BaseCandidates.fit`). For large training sets.
 * :class:`ExactCandidates`: exact search with scikit-learn's ``NearestNeighbors``: the reference
   for recall checks and the right choice for small training sets.
+* :class:`GradientSketchCandidates`: search in **gradient space**. :meth:`~BaseCandidates.fit`
+  stores a low-dimensional sketch (a projection) of every training point's loss gradient; a
+  query projects the test points' iHVPs the same way and shortlists the training points with the
+  highest sketched scores. It needs the influence engine at ``fit`` and the test points' factors
+  at query time, both of which :class:`~sk_fastif.InfluenceExplainer` passes.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils import check_array
+from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from . import _sketch
+from ._gradients import chunks
 from ._net import eval_mode
 
 __all__ = [
     "BaseCandidates",
     "ExactCandidates",
+    "GradientSketchCandidates",
     "LowCandidateRecallWarning",
     "NNDescentCandidates",
     "warn_low_recall",
@@ -235,7 +243,7 @@ class BaseCandidates(BaseEstimator):
         return np.ascontiguousarray(E, dtype=np.float32)
 
     # -------------------------------------------------------------------------------- fitting
-    def fit(self, net, X) -> BaseCandidates:
+    def fit(self, net, X, *, engine=None) -> BaseCandidates:
         """Embed the training inputs and build the nearest-neighbour index over them.
 
         Parameters
@@ -244,6 +252,10 @@ class BaseCandidates(BaseEstimator):
             The fitted net whose feature space is searched (never modified).
         X : array-like or torch.Tensor of shape (n_train, ...)
             The training inputs as the net sees them (after any pipeline preprocessing).
+        engine : InfluenceEngine or None, default=None
+            Not used by selectors in feature space, present for a common interface (the
+            explainer passes its engine to every selector; selectors in gradient space such as
+            :class:`GradientSketchCandidates` need it).
 
         Returns
         -------
@@ -271,8 +283,21 @@ class BaseCandidates(BaseEstimator):
         raise NotImplementedError
 
     # -------------------------------------------------------------------------------- queries
+    def _check_query(self, n_neighbors, query: str) -> int:
+        """The number of neighbours of a query, checked against the fitted training set."""
+        check_is_fitted(self, "n_samples_fit_")
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= self.n_samples_fit_:
+            raise ValueError(
+                f"n_neighbors must be an integer in [1, {self.n_samples_fit_}] (the number of "
+                f"training samples); got {k!r}."
+            )
+        if query not in _QUERIES:
+            raise ValueError(f"query must be 'each' or 'mean'; got {query!r}.")
+        return int(k)
+
     def kneighbors(
-        self, net, X, n_neighbors: int | None = None, *, query: str = "each"
+        self, net, X, n_neighbors: int | None = None, *, query: str = "each", factors=None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Indices and distances of the nearest training points of each test point.
 
@@ -288,6 +313,9 @@ class BaseCandidates(BaseEstimator):
         query : {"each", "mean"}, default="each"
             ``"each"``: one query per test point. ``"mean"``: one query for the whole group, from
             the mean of its embeddings (FastIF's mean-of-anchors query); the result has one row.
+        factors : torch.Tensor, ndarray or None, default=None
+            The test points' iHVPs. Not used by selectors in feature space, present for a common
+            interface (see :class:`GradientSketchCandidates`, which needs them).
 
         Returns
         -------
@@ -296,15 +324,7 @@ class BaseCandidates(BaseEstimator):
         distances : ndarray of shape (n_queries, n_neighbors)
             Their distances under ``metric``.
         """
-        check_is_fitted(self, "n_samples_fit_")
-        k = self.n_neighbors if n_neighbors is None else n_neighbors
-        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= self.n_samples_fit_:
-            raise ValueError(
-                f"n_neighbors must be an integer in [1, {self.n_samples_fit_}] (the number of "
-                f"training samples); got {k!r}."
-            )
-        if query not in _QUERIES:
-            raise ValueError(f"query must be 'each' or 'mean'; got {query!r}.")
+        k = self._check_query(n_neighbors, query)
         E = self._embed(net, X, self.embedding_module_)
         if E.shape[1] != self.embedding_dim_:
             raise ValueError(
@@ -558,6 +578,274 @@ class ExactCandidates(BaseCandidates):
     def _query(self, E: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         distances, indices = self.index_.kneighbors(E, n_neighbors=k)
         return indices, distances
+
+
+
+class GradientSketchCandidates(BaseCandidates):
+    """Training points with the highest sketched influence scores: search in gradient space.
+
+    The feature-space selectors bet that the most influential training points lie near the test
+    point in the net's features; this one ranks by (an estimate of) the score itself. A score is
+    the inner product ``(1/n) s · g_j`` of the test point's iHVP ``s = (H + λI)⁻¹ g(z)`` with
+    the training gradient ``g_j``; with a projection ``P`` of shape ``(n_params, n_components)``
+    it is estimated by ``(1/n) (Pᵀs) · (Pᵀg_j)``. :meth:`fit` computes ``Pᵀg_j`` for every
+    training point in streaming passes over the training gradients (never all held at once) and
+    stores these sketches; :meth:`kneighbors` projects the test points' factors and returns the
+    ``n_neighbors`` training points of highest estimated score (exact top-k by chunked matrix
+    products, ``n_train * n_components`` multiply-adds per query whatever the net's size). The
+    explainer then scores the candidates exactly, as with every selector.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=100
+        Number of candidates per test point.
+    n_components : int, default=256
+        Dimension of the sketch, at most the number of parameters differentiated (``fit`` says
+        so otherwise). Memory: ``n_train * n_components`` float32 for the sketches and
+        ``n_params * n_components`` for the projection, both kept by the fitted selector.
+    projection : {"svd", "orthogonal", "gaussian"}, default="svd"
+        ``"svd"``: the leading right singular vectors of the training-gradient matrix (a
+        randomized range finder over the streamed gradients, ``2 + 2 * n_iter`` passes plus one
+        for the sketches): the subspace where the training gradients have most of their energy,
+        so the sketch keeps the inner products that matter with few components.
+        ``"orthogonal"``: random orthonormal directions, scaled so that sketched inner products
+        are unbiased; with ``n_components`` equal to the number of parameters every inner
+        product, and so the shortlist, is exact. ``"gaussian"``: a Gaussian random projection.
+        The random projections take one pass.
+    kind : {"abs", "helpful", "harmful"}, default="abs"
+        The training points shortlisted: the highest estimated scores (``"helpful"``), the
+        lowest (``"harmful"``) or the largest magnitudes (``"abs"``, which serves both lists of
+        :meth:`~sk_fastif.InfluenceExplainer.explain`).
+    n_iter : int, default=1
+        Power iterations of the ``"svd"`` range finder (each costs two passes over the training
+        gradients and sharpens the subspace). Not used by the random projections.
+    batch_size : int, default=256
+        Training points per block of gradients in the passes of :meth:`fit`.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the projection (and the range finder's test matrix). An int makes the sketch and
+        every shortlist reproducible. :class:`~sk_fastif.InfluenceExplainer` seeds it from its
+        own ``random_state`` when this is None.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_params, n_components), float32
+        The projection ``P``.
+    sketch_ : ndarray of shape (n_samples_fit_, n_components), float32
+        ``Pᵀg_j`` of every training point.
+    captured_energy_ : float or None
+        ``"svd"`` and ``"orthogonal"``: the fraction of the training gradients' squared norm
+        (``‖G‖_F²``) in the span of ``P``; near 1 means the sketch keeps nearly all of the
+        gradients. None for ``"gaussian"``.
+    singular_values_ : ndarray of shape (n_components,) or None
+        ``"svd"``: estimates of the training-gradient matrix's leading singular values.
+    n_samples_fit_ : int
+        Number of training points sketched.
+    n_params_ : int
+        Number of parameters of the gradients.
+
+    See Also
+    --------
+    ExactCandidates, NNDescentCandidates : Shortlists in the net's feature space.
+
+    Notes
+    -----
+    The shortlists need the engine's gradients at :meth:`fit` and the test points' factors at
+    query time: :class:`~sk_fastif.InfluenceExplainer` passes both. The fitted selector holds
+    no reference to the net or the engine, so it pickles on its own. For the difference between
+    the projections, their recall and costs, see the Candidate pruning page of the user guide.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetClassifier
+    >>> from sk_fastif import InfluenceEngine
+    >>> from sk_fastif.neighbors import GradientSketchCandidates
+    >>> from sk_fastif.solvers import Exact
+    >>> rng = np.random.RandomState(0)
+    >>> X = torch.as_tensor(rng.randn(60, 4).astype("float32")); y = (X[:, 0] > 0).long()
+    >>> net = NeuralNetClassifier(torch.nn.Linear(4, 2), criterion=torch.nn.CrossEntropyLoss,
+    ...                           max_epochs=5, lr=0.5, train_split=None, verbose=0).fit(X, y)
+    >>> engine = InfluenceEngine.from_net(net, X, y, solver=Exact(damping=0.01)).prepare()
+    >>> sel = GradientSketchCandidates(n_neighbors=5, n_components=10, projection="orthogonal",
+    ...                                kind="helpful", random_state=0).fit(net, X, engine=engine)
+    >>> S = engine.factors(engine.gradients(X[:3], y[:3])).solution  # the test points' iHVPs
+    >>> indices, estimates = sel.kneighbors(net, X[:3], factors=S)
+    >>> indices.shape
+    (3, 5)
+    >>> # 10 components for 10 parameters, orthogonal: the true top 5 by exact scores
+    >>> truth = np.argsort(-engine.score_rows(S), axis=1)[:, :5]
+    >>> bool((np.sort(indices, axis=1) == np.sort(truth, axis=1)).all())
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "projection": [StrOptions({"svd", "orthogonal", "gaussian"})],
+        "kind": [StrOptions({"abs", "helpful", "harmful"})],
+        "n_iter": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    _N_OVERSAMPLES = 10
+
+    def __init__(
+        self,
+        n_neighbors: int = 100,
+        *,
+        n_components: int = 256,
+        projection: str = "svd",
+        kind: str = "abs",
+        n_iter: int = 1,
+        batch_size: int = 256,
+        random_state=None,
+    ) -> None:
+        self.n_neighbors = n_neighbors
+        self.n_components = n_components
+        self.projection = projection
+        self.kind = kind
+        self.n_iter = n_iter
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def fit(self, net, X, *, engine=None) -> GradientSketchCandidates:
+        """Sketch the loss gradient of every training point of ``engine``.
+
+        Parameters
+        ----------
+        net : skorch.NeuralNet
+            The fitted net: the one ``engine`` was built from (checked).
+        X : array-like or torch.Tensor of shape (n_train, ...)
+            The training inputs as the net sees them: the engine's training set, whose
+            gradients (with the engine's targets) are sketched. Its length is checked.
+        engine : InfluenceEngine
+            The influence engine (:attr:`InfluenceExplainer.engine_
+            <sk_fastif.InfluenceExplainer>`): the gradients with respect to its parameters.
+            Required; the selector keeps no reference to it.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        if engine is None:
+            raise ValueError(
+                "GradientSketchCandidates searches in gradient space and needs the influence "
+                "engine: fit(net, X, engine=engine). InfluenceExplainer(candidates=...) passes "
+                "its own."
+            )
+        if engine.bridge.net is not net:
+            raise ValueError("engine was built from another net than the one passed.")
+        n, p = engine.n_train, engine.n_params
+        if len(X) != n:
+            raise ValueError(
+                f"X has {len(X)} rows but the engine's training set has {n}: pass the engine's "
+                "training inputs."
+            )
+        if self.n_neighbors > n:
+            raise ValueError(
+                f"n_neighbors={self.n_neighbors} exceeds the number of training samples "
+                f"{n}; use n_neighbors <= {n}."
+            )
+        if self.n_components > p:
+            raise ValueError(
+                f"n_components={self.n_components} exceeds the number of parameters {p} (the "
+                f"dimension of the gradients); use n_components <= {p}."
+            )
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+        def stream():
+            for sl in chunks(n, self.batch_size):
+                yield sl, engine.gradients(engine.X_train[sl], engine.y_train[sl],
+                                           what="training point")
+
+        self.singular_values_ = None
+        if self.projection == "svd":
+            basis, self.singular_values_ = _sketch.gradient_basis(
+                stream, p, self.n_components, n_iter=self.n_iter,
+                n_oversamples=self._N_OVERSAMPLES, seed=seed)
+        else:
+            basis = _sketch.random_basis(p, self.n_components, self.projection, seed)
+        sketch, total = _sketch.project_stream(stream, basis, n)
+        kept = float(np.square(sketch, dtype=np.float64).sum())
+        scale = {"svd": 1.0, "orthogonal": self.n_components / p}.get(self.projection)
+        self.captured_energy_ = None if scale is None else kept * scale / max(total, 1e-300)
+        self.components_ = basis
+        self.sketch_ = sketch
+        self.n_params_ = p
+        self.n_samples_fit_ = n
+        return self
+
+    def embed(self, net, X) -> np.ndarray:
+        """Not available: this selector's space is that of the gradients, not of ``X``.
+
+        Use :meth:`transform` on gradients or factors instead.
+        """
+        raise TypeError(
+            "GradientSketchCandidates has no feature-space embedding; transform(factors) "
+            "projects gradients or iHVPs into its sketch space."
+        )
+
+    def transform(self, V) -> np.ndarray:
+        """Project rows of gradients or factors (shape ``(m, n_params_)``) into the sketch space.
+
+        Returns an ndarray of shape ``(m, n_components)``, float32: ``V @ components_``.
+        """
+        check_is_fitted(self, "sketch_")
+        if isinstance(V, torch.Tensor):
+            V = V.detach().to("cpu", torch.float32).numpy()
+        V = check_array(V, dtype=np.float32, input_name="factors")
+        if V.shape[1] != self.n_params_:
+            raise ValueError(
+                f"factors have {V.shape[1]} columns but the sketch was fitted on gradients of "
+                f"{self.n_params_} parameters."
+            )
+        return V @ self.components_
+
+    def kneighbors(
+        self, net, X, n_neighbors: int | None = None, *, query: str = "each", factors=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The training points of highest estimated score for each test point's factors.
+
+        Parameters
+        ----------
+        net : skorch.NeuralNet
+            The net the selector was fitted with (the factors are its).
+        X : array-like or torch.Tensor of shape (n_test, ...)
+            The test inputs; only their number is used, to check ``factors``.
+        n_neighbors : int or None, default=None
+            Number of candidates; ``None`` uses the selector's ``n_neighbors``.
+        query : {"each", "mean"}, default="each"
+            ``"mean"``: one shortlist for the group, from the mean of the factors (the factor of
+            the group's mean loss); ``factors`` may then hold that one row.
+        factors : torch.Tensor or ndarray of shape (n_test, n_params_)
+            The test points' iHVPs ``(H + λI)⁻¹ g(z)`` (e.g. from
+            :meth:`~sk_fastif.InfluenceExplainer.influence_factors`). Required. Plain gradients
+            give the gradient-dot-product shortlist instead.
+
+        Returns
+        -------
+        indices : ndarray of shape (n_queries, n_neighbors), int64
+            Training-set row indices, best first (by ``kind``), no repeats within a row.
+        estimates : ndarray of shape (n_queries, n_neighbors), float32
+            Their sketched scores ``(1/n) (Pᵀs) · (Pᵀg_j)``, estimates of the influence scores.
+        """
+        k = self._check_query(n_neighbors, query)
+        if factors is None:
+            raise ValueError(
+                "GradientSketchCandidates ranks by sketched scores and needs the test points' "
+                "iHVPs: kneighbors(net, X, factors=...)."
+            )
+        Z = self.transform(factors)
+        n_test = len(X)
+        allowed = (n_test,) if query == "each" else (1, n_test)
+        if len(Z) not in allowed:
+            raise ValueError(f"factors have {len(Z)} rows for {n_test} test points.")
+        if query == "mean":
+            Z = Z.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+        indices, values = _sketch.top_inner_products(Z, self.sketch_, k, self.kind)
+        return indices, values / np.float32(self.n_samples_fit_)
 
 
 def warn_low_recall(result, kind: str, min_recall: float, *, stacklevel: int = 2) -> None:

@@ -6,6 +6,7 @@ unless ``SK_FASTIF_INTERSPHINX=1`` is set.
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -58,3 +59,28 @@ if os.environ.get("SK_FASTIF_INTERSPHINX") == "1":
         "skorch": ("https://skorch.readthedocs.io/en/stable", None),
         "torch": ("https://pytorch.org/docs/stable", None),
     }
+
+
+_TRAILING_UNDERSCORE = re.compile(r"\b([A-Za-z]\w*)_(?=[\s,;:.)\]]|$)")
+
+
+def _escape_fitted_names(app, what, name, obj, options, lines):
+    """Let fitted-attribute names such as ``n_samples_fit_`` appear bare in parameter types.
+
+    reST reads a bare word ending in ``_`` as a link to a target of that name, so an attribute
+    type like ``ndarray of shape (n_samples_fit_, k)`` would fail the build. In the type part of
+    numpydoc's ``**name** : type`` lines only, outside backquotes, such an underscore is escaped.
+    """
+    for i, line in enumerate(lines):
+        head, sep, kind = line.partition("** : ")
+        if not sep:
+            continue
+        parts = re.split(r"(`+[^`]*`+)", kind)
+        lines[i] = head + sep + "".join(
+            part if part.startswith("`") else _TRAILING_UNDERSCORE.sub(r"\1\\_", part)
+            for part in parts)
+
+
+def setup(app):
+    # after numpydoc (priority 500) has turned the sections into reST
+    app.connect("autodoc-process-docstring", _escape_fitted_names, priority=900)

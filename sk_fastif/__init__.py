@@ -8,7 +8,9 @@ training point ``z_j`` were left out. Positive = helpful, negative = harmful.
 from ._engine import InfluenceEngine
 from ._explainer import InfluenceExplainer
 from ._explanation import Explanation
+from ._net import TrainSplitWarning
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Explanation", "InfluenceEngine", "InfluenceExplainer", "__version__"]
+__all__ = ["Explanation", "InfluenceEngine", "InfluenceExplainer", "TrainSplitWarning",
+           "__version__"]

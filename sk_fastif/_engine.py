@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import _validation as val
 from ._curvature import CurvatureProducts
 from ._gradients import NetBridge
-from .solvers import BaseSolver, SolveResult
+from .solvers import BaseSolver, SolveResult, auto_solver
 
 __all__ = ["InfluenceEngine", "merge_results"]
 
@@ -148,14 +148,20 @@ class InfluenceEngine:
 
     @classmethod
     def from_net(cls, net, X_train: torch.Tensor, y_train: torch.Tensor, *, params=None,
-                 curvature: str = "hessian", batch_size: int = 256, solver: BaseSolver,
-                 verbose: int = 0) -> InfluenceEngine:
+                 curvature: str = "gauss_newton", batch_size: int = 256,
+                 solver: BaseSolver | str, verbose: int = 0) -> InfluenceEngine:
         """Build the engine of a fitted skorch net (not yet prepared: call :meth:`prepare`).
+
+        ``solver="auto"`` is :func:`~sk_fastif.solvers.auto_solver` for the parameters selected.
 
         Checks that the net's loss is finite on every training point and whether its batch
         loss is the mean of the per-sample losses (then curvature products use it).
         """
         bridge = NetBridge(net, params, batch_size)
+        if isinstance(solver, str):
+            if solver != "auto":
+                raise ValueError(f'solver must be a solver or "auto", got {solver!r}.')
+            solver = auto_solver(bridge.n_params)
         val.check_finite_training_loss(bridge, X_train, y_train)
         bridge.check_batch_loss_is_mean(X_train, y_train)
         return cls(bridge, curvature, X_train, y_train, solver, verbose=verbose)
@@ -263,8 +269,10 @@ class InfluenceEngine:
 
     @property
     def damping(self) -> float:
-        """The solver's damping ``λ`` (0 for a solver without one)."""
-        return float(self.solver.get_params(deep=False).get("damping", 0.0))
+        """The solver's damping ``λ`` in use (its ``damping_``; 0 for a solver without one)."""
+        if "damping" not in self.solver.get_params(deep=False):
+            return 0.0
+        return float(self.solver.damping_)
 
     # ------------------------------------------------------------------------- gradients
     def gradients(self, X: torch.Tensor, y: torch.Tensor, *, what: str = "test point"

@@ -26,7 +26,7 @@ from ._parallel import Dispatcher, ParallelEngine, check_devices
 from ._random import fit_seeds, needs_seed, seed_selector, seed_solver
 from .metrics import candidate_recall
 from .neighbors import BaseCandidates, warn_low_recall
-from .solvers import BaseSolver, LiSSA
+from .solvers import BaseSolver
 
 __all__ = ["InfluenceExplainer"]
 
@@ -55,9 +55,10 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         or ``NeuralNet``, a ``Pipeline`` ending in one, or a ``FrozenEstimator`` of either. A
         fitted one is used as is, never modified, and shared by clones of the explainer (a grid
         search never retrains it); an unfitted one is cloned and trained by :meth:`fit`.
-    solver : Exact, CG, LiSSA or None, default=None
-        The inverse-Hessian-vector-product solver; ``None`` means ``LiSSA()``. Its ``damping`` is
-        ``λ`` above.
+    solver : Exact, CG, LiSSA or "auto", default="auto"
+        The inverse-Hessian-vector-product solver; its ``damping_`` is ``λ`` above. ``"auto"``:
+        ``Exact(damping="auto")`` up to 4,096 parameters, else ``CG(damping="auto")`` (see
+        :func:`~sk_fastif.solvers.auto_solver`; the choice is ``solver_``).
     candidates : BaseCandidates or None, default=None
         ``None`` scores every training point. A selector from :mod:`sk_fastif.neighbors` scores
         only each test point's ``n_neighbors`` nearest training points in the net's feature
@@ -68,20 +69,18 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     params : list of str or None, default=None
         Parameters to differentiate: ``None`` for all trainable parameters, otherwise module names
         or parameter-name prefixes (e.g. ``["output"]`` for the last layer only, as FastIF does).
-    curvature : {"hessian", "gauss_newton"}, default="hessian"
-        ``"hessian"``: the exact Hessian of the mean training loss. ``"gauss_newton"``: the
-        generalised Gauss-Newton matrix, positive semi-definite for losses convex in the net's
-        output (cross-entropy, MSE, BCE); use it when the Hessian has negative eigenvalues.
+    curvature : {"gauss_newton", "hessian"}, default="gauss_newton"
+        ``"gauss_newton"``: the generalised Gauss-Newton matrix, positive semi-definite for losses
+        convex in the net's output (cross-entropy, MSE, BCE), so ``H + λI`` is positive definite
+        for any ``λ > 0``; equal to the Hessian for a model linear in its parameters.
+        ``"hessian"``: the exact Hessian of the mean training loss (often indefinite for a net).
     batch_size : int, default=256
         Number of samples (and right-hand sides) processed together: the memory knob.
     n_jobs : int or None, default=None
-        Workers for the solves (blocks of ``batch_size`` test points, and LiSSA's
-        ``n_repeats`` chains), the scoring pass (partitions of the training set), candidate
-        scoring and self-influence, through joblib: ``None`` means 1
-        unless a :func:`joblib.parallel_config` context says otherwise, ``-1`` all cores. Any
-        joblib backend works (loky by default, ``"threading"``, ``"dask"`` with a
-        ``dask.distributed.Client``); each worker gets the fitted engine once per call, limits
-        its threads to its share of the cores, and results do not depend on ``n_jobs``.
+        joblib workers for the solves, LiSSA's chains, the scoring passes and self-influence:
+        ``None`` means 1 unless a :func:`joblib.parallel_config` context says otherwise, ``-1``
+        all cores. Any joblib backend (loky, threading, Dask); results do not depend on it
+        (see :doc:`/scaling`).
     devices : list of str or None, default=None
         Devices the workers are bound to, round-robin (e.g. ``["cuda:0", "cuda:1"]``); ``None``
         uses the net's device. A device that does not exist is refused by :meth:`fit`.
@@ -145,7 +144,7 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     _is_prefit = staticmethod(_net.is_prefit)
     _parameter_constraints: dict = {
         "estimator": "no_validation",
-        "solver": [BaseSolver, None],
+        "solver": [BaseSolver, StrOptions({"auto"})],
         "candidates": [BaseCandidates, None],
         "params": [list, tuple, str, None],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
@@ -156,8 +155,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         "verbose": ["verbose"],
     }
 
-    def __init__(self, estimator, *, solver=None, candidates=None, params=None,
-                 curvature="hessian", batch_size=256, n_jobs=None, devices=None,
+    def __init__(self, estimator, *, solver="auto", candidates=None, params=None,
+                 curvature="gauss_newton", batch_size=256, n_jobs=None, devices=None,
                  random_state=None, verbose=0):
         self.estimator = estimator
         self.solver = solver
@@ -183,13 +182,15 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         pre, _ = _net.split_estimator(self.estimator)  # TypeError for non-skorch estimators
         val.check_fit_data(X, y, has_preprocessor=pre is not None)
         y = y if isinstance(y, torch.Tensor) else _net.numeric_target(y)
-        solver = LiSSA() if self.solver is None else self.solver
-        seeds = fit_seeds(self.random_state, needed=needs_seed(solver))
+        solver = self.solver  # "auto": chosen by the engine once it knows the parameters
+        seeds = fit_seeds(self.random_state, needed=not isinstance(solver, str)
+                          and needs_seed(solver))
         fitted = self.estimator
         if not _net.is_fitted(fitted):
             fitted = _net.fit_clone(fitted, X, y, seeds.training if seeds.seeded else None)
         self.fitted_estimator_ = fitted
         pre, self.net_ = _net.split_estimator(fitted)
+        _net.check_train_split(self.net_)
         # n_features_in_ and, for a DataFrame with string column names, feature_names_in_
         compat.validate_data(self, X, reset=True, skip_check_array=True)
 
@@ -201,10 +202,11 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         yt = task.encode(y, len(Xt))
         self.task_ = task.with_train_labels(self.net_, yt)
         self.y_train_ = np.asarray(y)
-        self.solver_ = seed_solver(clone(solver), seeds)
         engine = InfluenceEngine.from_net(
             self.net_, Xt, yt, params=self.params, curvature=self.curvature,
-            batch_size=self.batch_size, solver=self.solver_, verbose=self.verbose)
+            batch_size=self.batch_size, verbose=self.verbose,
+            solver=solver if isinstance(solver, str) else seed_solver(clone(solver), seeds))
+        self.solver_ = engine.solver
         try:
             engine.prepare()
         except ValueError as exc:  # an invalid solver setting: say which object holds it

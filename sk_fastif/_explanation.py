@@ -111,7 +111,13 @@ class Explanation:
         0           0  harmful     1            0   -0.1  1.0  10.0
         1           0  helpful     1            2    0.5  3.0  30.0
         """
-        import pandas as pd
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "Explanation.to_frame needs pandas, which sk_fastif does not require: "
+                "pip install pandas (or the extra: pip install 'sk_fastif[pandas]')."
+            ) from None
 
         n_test, k = self.helpful_indices.shape
         parts = []

@@ -9,6 +9,7 @@ no other module branches on skorch's classes.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def net_modes(net):
 
 
 def _unwrap_frozen(est):
-    if FrozenEstimator is not None and isinstance(est, FrozenEstimator):
+    if isinstance(est, FrozenEstimator):
         return est.estimator
     return est
 
@@ -174,7 +175,7 @@ def fit_clone(estimator, X, y, seed: int | None):
     With an integer ``seed``, torch's random number generator is seeded for this training only
     (initialisation, shuffling, dropout), within :func:`torch.random.fork_rng`.
     """
-    if FrozenEstimator is not None and isinstance(estimator, FrozenEstimator):
+    if isinstance(estimator, FrozenEstimator):
         raise NotFittedError(
             "The FrozenEstimator wraps an unfitted net: fit the net before freezing it."
         )
@@ -308,3 +309,29 @@ def check_net_accepts(net, Xt: torch.Tensor, *, after_preprocessing: bool) -> No
             f"The net cannot be applied to {what} of shape {tuple(Xt.shape)}: {first}. Pass "
             f"the training data the net learned from (same number of features)."
         ) from exc
+
+
+class TrainSplitWarning(UserWarning):
+    """Warned by :meth:`InfluenceExplainer.fit` when the net held out part of its training data."""
+
+
+def check_train_split(net) -> None:
+    """Warn when ``net`` trained with a validation split (its history has validation batches).
+
+    Influence is defined for the rows the net trained on: with skorch's default
+    ``train_split=ValidSplit(5)`` the net learned from 80% of ``X``, and the other rows would be
+    scored as if it had learned from them.
+    """
+    if getattr(net, "train_split", None) is None:
+        return
+    history = getattr(net, "history", None) or []
+    if not any("valid_loss" in epoch or epoch.get("valid_batch_count")
+               for epoch in history):
+        return
+    warnings.warn(
+        f"The net was trained with train_split={net.train_split!r}: it learned from only part "
+        f"of the X it was fitted on (its history has validation batches), yet every row of the "
+        f"X given to fit is treated as a training point. Influence is defined for the rows the "
+        f"net trained on: train the net with train_split=None on exactly the rows to explain, "
+        f"or pass fit only the rows of its training split.",
+        TrainSplitWarning, stacklevel=3)

@@ -1,4 +1,4 @@
-"""scikit-learn glue: version shims, the prefit-sharing clone and the ``set_params`` hints."""
+"""scikit-learn glue: the prefit-sharing clone and the ``set_params`` hints."""
 
 from __future__ import annotations
 
@@ -7,19 +7,8 @@ import difflib
 from collections.abc import Callable
 
 from sklearn.base import BaseEstimator, clone
-
-try:  # scikit-learn >= 1.6
-    from sklearn.frozen import FrozenEstimator
-except ImportError:  # pragma: no cover
-    FrozenEstimator = None
-
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data
-except ImportError:  # pragma: no cover
-
-    def validate_data(estimator, X, **kwargs):
-        return estimator._validate_data(X, **kwargs)
-
+from sklearn.frozen import FrozenEstimator
+from sklearn.utils.validation import validate_data
 
 __all__ = [
     "FrozenEstimator",

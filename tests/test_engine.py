@@ -89,7 +89,8 @@ def test_fingerprint_depends_on_values_only(fitted, digits):
     Xtr, ytr = digits[:2]
     assert other.fit(Xtr[:200], ytr[:200]).engine_.fingerprint == e.fingerprint
     assert again.engine_.fingerprint != e.fingerprint  # more training data
-    hess = InfluenceExplainer(expl.net_, solver=Exact(damping=0.05), params=["output"])
+    hess = InfluenceExplainer(expl.net_, solver=Exact(damping=0.05), params=["output"],
+                              curvature="hessian")
     assert hess.fit(Xtr[:200], ytr[:200]).engine_.fingerprint != e.fingerprint
 
 

@@ -4,6 +4,7 @@ All solvers share one meaning of ``damping`` and solve a whole block of right-ha
 through a :class:`CurvatureOperator`.
 """
 
+from ._auto import auto_solver
 from ._base import (
     BaseSolver,
     CurvatureOperator,
@@ -12,10 +13,11 @@ from ._base import (
     IndefiniteCurvatureWarning,
     ScaleRestartWarning,
     SolveResult,
+    auto_damping,
 )
 from ._cg import CG
 from ._exact import Exact
-from ._lissa import LiSSA
+from ._lissa import LiSSA, LiSSADepthWarning
 
 __all__ = [
     "BaseSolver",
@@ -26,6 +28,9 @@ __all__ = [
     "Exact",
     "IndefiniteCurvatureWarning",
     "LiSSA",
+    "LiSSADepthWarning",
     "ScaleRestartWarning",
     "SolveResult",
+    "auto_damping",
+    "auto_solver",
 ]

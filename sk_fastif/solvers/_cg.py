@@ -7,7 +7,7 @@ from numbers import Integral, Real
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import (
     BaseSolver,
@@ -79,7 +79,7 @@ class CG(BaseSolver):
     """
 
     _parameter_constraints: dict = {
-        "damping": [Interval(Real, 0.0, None, closed="left")],
+        "damping": [Interval(Real, 0.0, None, closed="left"), StrOptions({"auto"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0.0, None, closed="neither")],
     }
@@ -91,7 +91,7 @@ class CG(BaseSolver):
 
     def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
         """Run block CG from zero for every row ``g`` of ``G``."""
-        damping, max_iter, tol = float(self.damping), int(self.max_iter), float(self.tol)
+        damping, max_iter, tol = self._damping(), int(self.max_iter), float(self.tol)
         wd = _work_dtype(op)
         B = G.detach().to(wd)
         m = B.shape[0]

@@ -7,7 +7,7 @@ import warnings
 from numbers import Real
 
 import torch
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import (
     BaseSolver,
@@ -112,7 +112,7 @@ class Exact(BaseSolver):
     """
 
     _parameter_constraints: dict = {
-        "damping": [Interval(Real, 0.0, None, closed="left")],
+        "damping": [Interval(Real, 0.0, None, closed="left"), StrOptions({"auto"})],
     }
 
     def __init__(self, *, damping: float = 1e-3) -> None:
@@ -157,7 +157,7 @@ class Exact(BaseSolver):
         scale = float(w.abs().max())
         eps = float(torch.finfo(op.dtype).eps)
         self.n_negative_eigenvalues_ = int((self.eigenvalues_ < -P * eps * scale).sum())
-        self._prepare_damping = float(self.damping)
+        self._prepare_damping = self._damping()
         return P
 
     def _check_prepared(self, op: CurvatureOperator) -> None:
@@ -190,7 +190,7 @@ class Exact(BaseSolver):
 
     def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
         """Apply ``Q diag(1 / (w + damping)) Q^T`` to the block (no curvature product)."""
-        damping = float(self.damping)
+        damping = self._damping()
         # prepare() warned for its own damping; a different one is checked (and warned) here
         d = self._damped_spectrum(damping, warn=damping != self._prepare_damping)
 
@@ -211,5 +211,5 @@ class Exact(BaseSolver):
     def _nonfinite_message(self, op: CurvatureOperator) -> str:
         return (
             f"Exact produced non-finite values; H + damping*I is too ill-conditioned in "
-            f"{op.dtype} (damping={float(self.damping):g}). Raise `damping`."
+            f"{op.dtype} (damping={self._damping():g}). Raise `damping`."
         )

@@ -27,6 +27,56 @@ _SAFETY = 1.5
 _MAX_RESTARTS = 3
 # ||h_t|| may not exceed _GROWTH * (t + 1) * ||g|| (a contraction keeps it below (t + 1) ||g||).
 _GROWTH = 10.0
+# depth="auto": along the flattest direction (curvature 0) the series' tail falls below this
+# fraction; a fixed depth whose tail there is above _TRUNCATED is warned about; an automatic
+# depth above _LONG steps is warned about (CG needs far fewer products).
+_AUTO_DEPTH_TAIL = 1e-2
+_TRUNCATED = 0.1
+_LONG = 20_000
+
+
+class LiSSADepthWarning(UserWarning):
+    """Warned when LiSSA's ``depth`` truncates its series, or when ``depth="auto"`` is long.
+
+    A truncated series estimates ``(H + λI)^{-1} g`` only along directions of large curvature:
+    along flat ones it behaves as if the damping were about ``scale / depth`` instead of ``λ``.
+    """
+
+
+def auto_depth(scale: float, damping: float) -> int:
+    """The depth of ``LiSSA(depth="auto")``: the tail along zero curvature falls below 1%.
+
+    Along an eigenvalue ``w`` of ``H`` the series' terms shrink by ``1 - (w + λ) / scale`` per
+    step, slowest for ``w = 0`` (every direction a Gauss-Newton curvature leaves flat), so the
+    depth is the smallest ``t`` with ``(1 - λ / scale)^t <= 0.01``, about
+    ``4.6 * scale / λ``.
+
+    Parameters
+    ----------
+    scale : float
+        The recursion's scale.
+    damping : float
+        ``λ > 0``.
+
+    Returns
+    -------
+    int
+        The number of steps.
+
+    Examples
+    --------
+    >>> from sk_fastif.solvers._lissa import auto_depth
+    >>> auto_depth(scale=10.0, damping=0.1)
+    459
+    """
+    if not damping > 0:
+        raise ValueError(
+            'LiSSA(depth="auto") needs damping > 0: with damping=0 the series does not '
+            "converge along directions of zero curvature. Set damping > 0 or a numeric depth.")
+    ratio = min(damping / scale, 1.0)
+    if ratio >= 1.0:
+        return 1
+    return max(1, int(np.ceil(np.log(_AUTO_DEPTH_TAIL) / np.log1p(-ratio))))
 
 
 class _Diverged(Exception):
@@ -60,8 +110,11 @@ class LiSSA(BaseSolver):
         ``H_B + damping I`` for every minibatch, while a larger value slows convergence (the error
         along an eigenvalue ``w`` shrinks like ``(1 - (w + damping) / scale)^t``). ``"auto"``
         estimates it in :meth:`prepare` (see Notes) and doubles it on divergence.
-    depth : int, default=1000
-        Number of recursion steps per chain.
+    depth : int or "auto", default="auto"
+        Number of recursion steps per chain. ``"auto"``: :func:`auto_depth`, the steps after
+        which the series' tail along directions of zero curvature is below 1% (about
+        ``4.6 * scale_ / damping``; recomputed when a restart doubles the scale). A numeric
+        depth that leaves more than 10% of that tail is warned about.
     batch_size : int, default=32
         Training rows per minibatch; must not exceed ``op.n_samples``. When equal to it each
         step uses the full curvature ``op.matvec`` and the recursion is deterministic.
@@ -145,8 +198,20 @@ class LiSSA(BaseSolver):
     a solve had to prepare). ``converged`` is True when ``tol`` is None and the chains ran their
     ``depth``, or when every chain stopped early by ``tol``. ``n_iter`` is the number of
     recursion steps over the chains of the final run (the length of the trace), and ``info``
-    holds the ``"scale"`` of the returned estimate and the ``"restarts"`` of this solve (a list
-    of ``{"repeat", "step", "scale"}``, empty without restart). The recursion runs in
+    holds the ``"scale"`` of the returned estimate, the ``"restarts"`` of this solve (a list
+    of ``{"repeat", "step", "scale"}``, empty without restart) and ``"rayleigh"``, the smallest
+    Rayleigh quotient of ``H_B + damping I`` along the iterates of the chains' second halves.
+
+    Indefinite curvature. A negative eigenvalue of ``H + damping I`` makes the iterate grow
+    along its eigenvector geometrically, but at ``1 + |w + damping| / scale`` per step, which
+    for a small ``|w + damping|`` stays far below the divergence test. LiSSA therefore also
+    accumulates, over the second half of each chain, ``hᵀ (H_B + damping I) h`` and ``hᵀ h``
+    (free: the products are computed anyway) and warns with
+    :class:`IndefiniteCurvatureWarning` when their ratio is negative for some column: the
+    iterate is then dominated by negative curvature. Not detected: negative directions the
+    right-hand side does not excite (they do not grow, and do not spoil the estimate), and
+    ones whose growth over the chain stays below the positive part of the iterate (the
+    estimate is then biased, but by less than that part). The recursion runs in
     ``op.dtype``.
 
     Examples
@@ -169,7 +234,7 @@ class LiSSA(BaseSolver):
         *,
         damping: float = 1e-3,
         scale: float | str = "auto",
-        depth: int = 1000,
+        depth: int | str = "auto",
         batch_size: int = 32,
         n_repeats: int = 1,
         tol: float | None = None,
@@ -184,9 +249,9 @@ class LiSSA(BaseSolver):
         self.random_state = random_state
 
     _parameter_constraints: dict = {
-        "damping": [Interval(Real, 0.0, None, closed="left")],
+        "damping": [Interval(Real, 0.0, None, closed="left"), StrOptions({"auto"})],
         "scale": [StrOptions({"auto"}), Interval(Real, 0.0, None, closed="neither")],
-        "depth": [Interval(Integral, 1, None, closed="left")],
+        "depth": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0.0, None, closed="neither"), None],
@@ -206,6 +271,9 @@ class LiSSA(BaseSolver):
 
     def _check_params(self, op: CurvatureOperator) -> None:
         super()._check_params(op)
+        if isinstance(self.depth, str) and not isinstance(self.damping, str) \
+                and not self.damping > 0:
+            auto_depth(1.0, float(self.damping))  # raises the ValueError that says why
         if self.batch_size > op.n_samples:
             raise ValueError(
                 f"`batch_size`={self.batch_size} exceeds the number of training samples "
@@ -215,8 +283,8 @@ class LiSSA(BaseSolver):
     def _settings(self) -> dict:
         """The validated parameters of the recursion, as Python numbers."""
         return {
-            "damping": float(self.damping),
-            "depth": int(self.depth),
+            "damping": self._damping(),
+            "depth": None if isinstance(self.depth, str) else int(self.depth),
             "batch_size": int(self.batch_size),
             "n_repeats": int(self.n_repeats),
             "tol": None if self.tol is None else float(self.tol),
@@ -229,6 +297,7 @@ class LiSSA(BaseSolver):
         self.top_eigenvalue_ = None
         if not self._auto():
             self.scale_ = float(self.scale)
+            self.depth_ = self._depth_at(self.scale_, p)
             return 0
 
         rng = check_random_state(self.random_state)
@@ -265,7 +334,32 @@ class LiSSA(BaseSolver):
             )
         self.top_eigenvalue_ = rq
         self.scale_ = float(scale)
+        self.depth_ = self._depth_at(self.scale_, p)
         return n_hvp
+
+    def _depth_at(self, scale: float, p: dict) -> int:
+        """The depth at ``scale``: ``depth`` when numeric, else :func:`auto_depth`."""
+        return int(p["depth"]) if p["depth"] is not None else auto_depth(scale, p["damping"])
+
+    def _check_depth(self, scale: float, p: dict) -> None:
+        """Warn when a numeric depth truncates the series, or an automatic one is long."""
+        damping, depth = p["damping"], self._depth_at(scale, p)
+        if p["depth"] is None:
+            if depth > _LONG:
+                warnings.warn(
+                    f'LiSSA(depth="auto") runs {depth:,} steps per chain (scale={scale:.4g}, '
+                    f"damping={damping:g}): CG reaches the same answer in far fewer curvature "
+                    "products. Use CG, or raise damping.", LiSSADepthWarning, stacklevel=5)
+            return
+        if 0 < damping < scale:
+            tail = float(np.exp(depth * np.log1p(-damping / scale)))
+            if tail > _TRUNCATED:
+                warnings.warn(
+                    f"LiSSA's depth={depth} truncates the series: along directions of little "
+                    f"curvature the estimate holds only {1 - tail:.0%} of (H + damping*I)^-1 g, "
+                    f"as if damping were about {scale / depth:.3g} instead of {damping:g} "
+                    f"(scale={scale:.4g}). Use depth=\"auto\" ({auto_depth(scale, damping):,} "
+                    "steps here) or raise damping.", LiSSADepthWarning, stacklevel=5)
 
     # ------------------------------------------------------------------------------------------
 
@@ -314,14 +408,18 @@ class LiSSA(BaseSolver):
         n_hvp = 0
         restarts: list[dict] = []
         scale = self.scale_ if scale is None else float(scale)
+        self._check_depth(scale, p)
         while True:
+            p["depth"] = self._depth_at(scale, self._settings())
             total = torch.zeros_like(G)
             trace: list[float] = []
             converged = True
             try:
+                rayleigh = np.inf
                 for r in chains:
-                    h, chain_trace, chain_hvp, chain_conv = self._chain(op, G, seeds[r], r,
-                                                                        scale, p)
+                    h, chain_trace, chain_hvp, chain_conv, rq = self._chain(op, G, seeds[r], r,
+                                                                            scale, p)
+                    rayleigh = min(rayleigh, rq)
                     n_hvp += chain_hvp
                     trace.extend(chain_trace)
                     converged = converged and chain_conv
@@ -336,6 +434,7 @@ class LiSSA(BaseSolver):
                 # the documented exception to side-effect-free solves: keep the doubled scale
                 self.restarts_.append(dict(restart))
                 self.scale_ = scale = 2.0 * scale
+                self.depth_ = self._depth_at(scale, self._settings())
                 warnings.warn(
                     f"LiSSA diverged at step {exc.step} with scale={restart['scale']:.4g}; "
                     f"restarting with scale={scale:.4g} (restart {len(restarts)} of at most "
@@ -346,7 +445,15 @@ class LiSSA(BaseSolver):
                 continue
             break
         solution = total / (scale * len(seeds))
-        info = {"scale": scale, "restarts": restarts}
+        if rayleigh < 0:
+            warnings.warn(
+                f"LiSSA's iterates grew along a direction of negative curvature: the Rayleigh "
+                f"quotient of H + damping*I along the second half of a chain is {rayleigh:.3g} "
+                f"< 0 (damping={p['damping']:g}), so H + damping*I is not positive definite and "
+                f"the estimate is unreliable although the chain did not diverge. Use "
+                f'curvature="gauss_newton", or damping > {p["damping"] - rayleigh:.3g}.',
+                IndefiniteCurvatureWarning, stacklevel=4)
+        info = {"scale": scale, "restarts": restarts, "rayleigh": rayleigh}
         if repeats is not None:
             info["repeats"] = list(repeats)
         return SolveResult(
@@ -361,13 +468,13 @@ class LiSSA(BaseSolver):
     def _nonfinite_message(self, op: CurvatureOperator) -> str:
         return (
             f"LiSSA produced non-finite values with scale={self.scale_:.4g} and "
-            f"damping={float(self.damping):g}. Raise `scale` or `damping`."
+            f"damping={self._damping():g}. Raise `scale` or `damping`."
         )
 
     def _chain(
         self, op: CurvatureOperator, G: torch.Tensor, seed: int, repeat: int, scale: float, p: dict
-    ) -> tuple[torch.Tensor, list[float], int, bool]:
-        """Run one chain; return ``(h_final, trace, n_hvp, stopped_by_tol)``."""
+    ) -> tuple[torch.Tensor, list[float], int, bool, float]:
+        """Run one chain; return ``(h_final, trace, n_hvp, stopped_by_tol, min_rayleigh)``."""
         rng = np.random.default_rng(seed)
         n, batch_size, damping, tol = op.n_samples, p["batch_size"], p["damping"], p["tol"]
         full = batch_size == n
@@ -379,6 +486,11 @@ class LiSSA(BaseSolver):
         all_active = bool(active.all())
         trace: list[float] = []
         n_hvp = 0
+        # Rayleigh quotients of the damped minibatch curvature along the iterates of the second
+        # half: negative only when h grows along a direction of negative curvature
+        late = p["depth"] // 2
+        quad = torch.zeros(G.shape[0], dtype=torch.float64, device=G.device)
+        sq = torch.zeros_like(quad)
         for t in range(1, p["depth"] + 1):
             if idx_active.numel() == 0:
                 break
@@ -392,7 +504,16 @@ class LiSSA(BaseSolver):
                 ha, ga, gn = h[idx_active], G[idx_active], gnorm[idx_active]
             hv = op.matvec(ha) if full else op.batch_matvec(ha, rows)
             n_hvp += ha.shape[0]
-            new = ga + ha - (hv + damping * ha) / scale
+            damped = hv + damping * ha
+            if t > late:
+                q, n2 = (ha * damped).sum(dim=1).double(), (ha * ha).sum(dim=1).double()
+                if all_active:
+                    quad += q
+                    sq += n2
+                else:
+                    quad[idx_active] += q
+                    sq[idx_active] += n2
+            new = ga + ha - damped / scale
             new_norm = torch.linalg.vector_norm(new, dim=1)
             if not bool(torch.isfinite(new_norm).all()):
                 raise _Diverged(t, repeat, True, n_hvp)
@@ -411,7 +532,8 @@ class LiSSA(BaseSolver):
                     idx_active = torch.nonzero(active).squeeze(1)
                     all_active = False
         stopped = tol is None or idx_active.numel() == 0
-        return h, trace, n_hvp, stopped
+        rayleigh = torch.where(sq > 0, quad / sq.clamp_min(tiny), torch.zeros_like(quad))
+        return h, trace, n_hvp, stopped, float(rayleigh.min()) if len(rayleigh) else 0.0
 
     def _divergence_message(
         self, exc: _Diverged, scale: float, damping: float, n_restarts: int

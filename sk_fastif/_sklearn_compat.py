@@ -65,10 +65,12 @@ def check_param_names(estimator: BaseEstimator, params: dict,
                 )
         if key in names:
             continue
-        if delim and head in own and params.get(head, own[head]) is None:
-            hint = " (None means LiSSA())" if head == "solver" else ""
+        value = params.get(head, own.get(head)) if delim else None
+        if delim and head in own and (value is None or isinstance(value, str)):
+            what = "None" if value is None else repr(value)
+            hint = " (chosen at fit: Exact or CG)" if head == "solver" and value == "auto" else ""
             raise ValueError(
-                f"Invalid parameter {key!r}: {head} is None{hint}, so it has no parameter "
+                f"Invalid parameter {key!r}: {head} is {what}{hint}, so it has no parameter "
                 f"{sub!r}. Set {head} to an estimator first, e.g. "
                 f"set_params({head}=..., {key}=...)."
             )

@@ -207,7 +207,7 @@ FIT_CASES = [
     ("lissa-n-repeats-0", None, {"solver": LiSSA(n_repeats=0)}, None, ValueError, "`n_repeats`"),
     ("lissa-tol-0", None, {"solver": LiSSA(tol=0.0)}, None, ValueError, "`tol` must be > 0"),
     ("lissa-damping-nan", None, {"solver": LiSSA(damping=np.nan)}, None, ValueError,
-     "`damping` must be a finite real number"),
+     "`damping` must be 'auto' or a finite real number"),
     ("cg-tol-negative", None, {"solver": CG(tol=-1)}, None, ValueError,
      r"solver=CG\(tol=-1\): `tol` must be > 0"),
     ("cg-max-iter-0", None, {"solver": CG(max_iter=0)}, None, ValueError, "`max_iter` must be"),
@@ -372,7 +372,7 @@ def saddle():
 def test_indefinite_curvature_exact_warns_with_the_setting_to_change(saddle):
     net, X, y, eig = saddle
     with pytest.warns(IndefiniteCurvatureWarning, match="damping") as rec:
-        e = InfluenceExplainer(net, solver=Exact(damping=1e-3)).fit(X, y)
+        e = InfluenceExplainer(net, solver=Exact(damping=1e-3), curvature="hessian").fit(X, y)
     msg = str(rec[0].message)
     assert f"use damping > {-eig[0]:.4g}" in msg and 'curvature="gauss_newton"' in msg
     np.testing.assert_allclose(e.solver_.eigenvalues_, eig, atol=1e-8)
@@ -380,7 +380,7 @@ def test_indefinite_curvature_exact_warns_with_the_setting_to_change(saddle):
 
 def test_indefinite_curvature_cg_raises_with_the_setting_to_change(saddle):
     net, X, y, _ = saddle
-    e = InfluenceExplainer(net, solver=CG(damping=1e-3)).fit(X, y)
+    e = InfluenceExplainer(net, solver=CG(damping=1e-3), curvature="hessian").fit(X, y)
     with pytest.raises(DivergenceError, match=r"not positive definite \(damping=0.001\). Raise "
                                               r"`damping`.*gauss_newton"):
         e.influences(X[:3], y[:3])
@@ -389,7 +389,7 @@ def test_indefinite_curvature_cg_raises_with_the_setting_to_change(saddle):
 def test_indefinite_curvature_lissa_raises_after_restarts(saddle):
     net, X, y, _ = saddle
     e = InfluenceExplainer(net, solver=LiSSA(damping=1e-3, batch_size=40, depth=500),
-                           random_state=0)
+                           curvature="hessian", random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IndefiniteCurvatureWarning)  # depends on the start
         e.fit(X, y)

@@ -186,7 +186,7 @@ def test_unknown_nested_parameter_suggests_the_closest_name(counted_net):
         expl.set_params(solver__dpth=3)
     with pytest.raises(ValueError, match="Did you mean 'curvature'"):
         expl.set_params(curvatur="hessian")
-    with pytest.raises(ValueError, match="solver is None"):
+    with pytest.raises(ValueError, match="solver is 'auto'.*Set solver to an estimator"):
         InfluenceExplainer(counted_net[0]).set_params(solver__depth=3)
     # solver and its nested parameter in one call (as a list-of-dicts grid does)
     expl.set_params(solver=CG(), solver__max_iter=5)

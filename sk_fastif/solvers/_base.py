@@ -23,9 +23,9 @@ from sklearn.utils._param_validation import (
 
 from .._curvature import CurvatureOperator
 
-# ``damping="auto"``: this fraction of the mean eigenvalue of H, estimated with this many probes.
-AUTO_DAMPING_FRACTION = 0.1
-_N_TRACE_PROBES = 32
+# ``damping="auto"``: this fraction of the largest eigenvalue of H, from this many power steps.
+AUTO_DAMPING_FRACTION = 0.01
+_N_POWER_STEPS = 30
 _AUTO_DAMPING_FLOOR = 1e-8
 
 
@@ -34,17 +34,19 @@ def _is_auto(value: object) -> bool:
 
 
 def auto_damping(op: CurvatureOperator) -> tuple[float, float]:
-    """The damping ``damping="auto"`` chooses for ``op``, and the mean eigenvalue it came from.
+    """The damping ``damping="auto"`` chooses for ``op``, and the top eigenvalue it came from.
 
-    ``λ = 0.1 * trace(H) / n_params``: a tenth of the mean eigenvalue of the curvature, the rule
-    of Kronfluence, estimated by Hutchinson's estimator (``trace(H) ≈ mean of vᵀ H v`` over 32
-    Rademacher vectors from a fixed seed, one block product). The estimate is a function of the
-    operator only, so every solver (and every grid-search candidate) fitted on the same curvature
-    chooses the same ``λ``. It keeps ``H + λI`` positive definite for positive semi-definite
-    curvature (``curvature="gauss_newton"``); a Hessian with negative eigenvalues below ``-λ``
-    is reported by the solvers as usual. When the estimate is not positive (a Hessian whose
-    trace is not), ``λ`` is ``0.1`` times the root mean square of the probes' ``|vᵀ H v|`` /
-    ``n_params`` instead, and at least 1e-8.
+    ``λ = 0.01 * max|eig(H)|``, with the largest-magnitude eigenvalue estimated by 30 steps of
+    power iteration from a fixed seed. This caps the condition number of ``H + λI`` at 101 for a
+    positive semi-definite curvature (``curvature="gauss_newton"``), whatever the net: ``CG``
+    then converges in a few dozen iterations and ``LiSSA(depth="auto")`` needs about 700 steps,
+    while directions carrying more than 1% of the top curvature are barely damped. A trained
+    net's curvature is typically low-rank (on the digits MLP, 170 of 2,410 eigenvalues exceed
+    0.1% of the largest), so a rule on the mean eigenvalue would damp almost nothing and let the
+    flat directions dominate the scores. The estimate is a function of the operator only, so
+    every solver (and every grid-search candidate) fitted on the same curvature chooses the
+    same ``λ``. A Hessian with negative eigenvalues below ``-λ`` is reported by the solvers as
+    usual.
 
     Parameters
     ----------
@@ -54,30 +56,35 @@ def auto_damping(op: CurvatureOperator) -> tuple[float, float]:
     Returns
     -------
     damping : float
-        The chosen ``λ``.
-    mean_eigenvalue : float
-        The estimate of ``trace(H) / n_params``.
+        The chosen ``λ`` (at least 1e-8).
+    top_eigenvalue : float
+        The estimate of the largest eigenvalue magnitude of ``H``.
 
     Examples
     --------
     >>> import torch
-    >>> from sk_fastif.solvers import CurvatureOperator
-    >>> from sk_fastif.solvers._base import auto_damping
-    >>> H = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
+    >>> from sk_fastif.solvers import CurvatureOperator, auto_damping
+    >>> H = torch.diag(torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64))
     >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
-    ...                        n_params=2, n_samples=1, dtype=torch.float64)
-    >>> auto_damping(op)  # a diagonal H: every Rademacher probe gives its trace exactly
-    (0.2, 2.0)
+    ...                        n_params=3, n_samples=1, dtype=torch.float64)
+    >>> damping, top = auto_damping(op)
+    >>> round(top, 6), round(damping, 8)
+    (3.0, 0.03)
     """
     gen = torch.Generator(device="cpu").manual_seed(0)
-    V = torch.randint(0, 2, (_N_TRACE_PROBES, int(op.n_params)), generator=gen)
-    V = (2 * V - 1).to(dtype=op.dtype, device=op.device)
-    quad = (op.matvec(V) * V).sum(dim=1).double().cpu()
-    if not bool(torch.isfinite(quad).all()):
-        raise DivergenceError("The curvature products are not finite (NaN or inf).")
-    mean_eig = float(quad.mean()) / int(op.n_params)
-    stat = mean_eig if mean_eig > 0 else float(quad.abs().pow(2).mean().sqrt()) / int(op.n_params)
-    return max(AUTO_DAMPING_FRACTION * stat, _AUTO_DAMPING_FLOOR), mean_eig
+    v = torch.randn(int(op.n_params), generator=gen, dtype=torch.float64)
+    v = (v / torch.linalg.vector_norm(v)).to(dtype=op.dtype, device=op.device)
+    top = 0.0
+    for _ in range(_N_POWER_STEPS):
+        w = op.matvec(v[None, :])[0]
+        norm = float(torch.linalg.vector_norm(w))
+        if not np.isfinite(norm):
+            raise DivergenceError("The curvature products are not finite (NaN or inf).")
+        top = max(top, norm)
+        if norm == 0.0:
+            break
+        v = w / norm
+    return max(AUTO_DAMPING_FRACTION * top, _AUTO_DAMPING_FLOOR), top
 
 
 class DivergenceError(ArithmeticError):
@@ -323,8 +330,8 @@ class BaseSolver(BaseEstimator):
         """With ``damping="auto"``, set ``auto_damping_`` for ``op``; return the products spent."""
         if not _is_auto(self.get_params(deep=False).get("damping")):
             return 0
-        self.auto_damping_, self.mean_eigenvalue_ = auto_damping(op)
-        return _N_TRACE_PROBES
+        self.auto_damping_, self.top_eigenvalue_estimate_ = auto_damping(op)
+        return _N_POWER_STEPS
 
     def _damping(self) -> float:
         """The damping in use: ``damping``, or the value :meth:`prepare` chose for ``"auto"``."""

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench docs clean
+.PHONY: setup demo test test-min lint bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,18 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The test suite at the declared minimum versions (.ci/min-versions.txt), in its own venv.
+MIN_VENV ?= .venv-min
+test-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+$(MIN_VENV)/.installed: pyproject.toml .ci/min-versions.txt
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(MIN_VENV)/bin/python -m pip install --quiet -c .ci/min-versions.txt -e ".[test,plot]"
+	touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check sk_fastif tests benchmarks examples
@@ -41,4 +53,4 @@ $(VENV)/.docs-installed: $(VENV)/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) build dist *.egg-info .pytest_cache

@@ -52,6 +52,16 @@ class CurvatureOperator:
         so that a copy of an operator (unpickled in another process, or moved to another
         device) reuses the work of :meth:`~sk_fastif.solvers.BaseSolver.prepare`. ``None``:
         the operator object's identity is used instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif.solvers import CurvatureOperator
+    >>> H = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+    ...                        n_params=2, n_samples=1, dtype=torch.float64)
+    >>> op.matvec(torch.eye(2, dtype=torch.float64)).tolist()
+    [[2.0, 0.5], [0.5, 1.0]]
     """
 
     matvec: Callable[[torch.Tensor], torch.Tensor]

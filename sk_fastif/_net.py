@@ -312,7 +312,24 @@ def check_net_accepts(net, Xt: torch.Tensor, *, after_preprocessing: bool) -> No
 
 
 class TrainSplitWarning(UserWarning):
-    """Warned by :meth:`InfluenceExplainer.fit` when the net held out part of its training data."""
+    """Warned by :meth:`InfluenceExplainer.fit` when the net held out part of its training data.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetClassifier
+    >>> from sk_fastif import InfluenceExplainer, TrainSplitWarning
+    >>> X = np.random.RandomState(0).randn(50, 3).astype("float32")
+    >>> y = (X[:, 0] > 0).astype("int64")
+    >>> net = NeuralNetClassifier(torch.nn.Linear(3, 2), criterion=torch.nn.CrossEntropyLoss,
+    ...                           max_epochs=1, verbose=0).fit(X, y)  # skorch's ValidSplit(5)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = InfluenceExplainer(net).fit(X, y)
+    >>> any(w.category is TrainSplitWarning for w in caught)
+    True
+    """
 
 
 def check_train_split(net) -> None:

@@ -52,7 +52,17 @@ _QUERIES = ("each", "mean")
 
 class LowCandidateRecallWarning(UserWarning):
     """Warned by :meth:`InfluenceExplainer.audit_candidates` when the shortlist misses too many
-    of the truly most influential training points: raise the selector's ``n_neighbors``."""
+    of the truly most influential training points: raise the selector's ``n_neighbors``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from sk_fastif.neighbors import LowCandidateRecallWarning
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", LowCandidateRecallWarning)  # audits then raise
+    ...     issubclass(LowCandidateRecallWarning, UserWarning)
+    True
+    """
 
 
 @contextlib.contextmanager
@@ -128,6 +138,12 @@ class BaseCandidates(BaseEstimator):
         The distance, passed to the index (see the subclass).
     batch_size : int
         Rows per forward pass when embedding.
+
+    Examples
+    --------
+    >>> from sk_fastif.neighbors import BaseCandidates, ExactCandidates, NNDescentCandidates
+    >>> all(issubclass(c, BaseCandidates) for c in (ExactCandidates, NNDescentCandidates))
+    True
     """
 
     _parameter_constraints: dict = {
@@ -852,6 +868,19 @@ def warn_low_recall(result, kind: str, min_recall: float, *, stacklevel: int = 2
     """Warn :class:`LowCandidateRecallWarning` for each mean ``R@m`` below ``min_recall``.
 
     ``result`` is what :func:`sk_fastif.metrics.candidate_recall` returns.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from types import SimpleNamespace
+    >>> from sk_fastif.neighbors import warn_low_recall
+    >>> result = SimpleNamespace(n_neighbors=20, recall={10: 0.4}, sample_indices=range(5),
+    ...                          random_baseline=0.02)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_low_recall(result, "helpful", min_recall=0.9)
+    >>> str(caught[0].message)[:53]
+    'The candidate shortlists hold only 40% of the true to'
     """
     k = result.n_neighbors
     for m, recall in result.recall.items():

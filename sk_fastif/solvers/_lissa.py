@@ -40,6 +40,20 @@ class LiSSADepthWarning(UserWarning):
 
     A truncated series estimates ``(H + λI)^{-1} g`` only along directions of large curvature:
     along flat ones it behaves as if the damping were about ``scale / depth`` instead of ``λ``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import torch
+    >>> from sk_fastif.solvers import CurvatureOperator, LiSSA, LiSSADepthWarning
+    >>> H = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+    ...                        n_params=2, n_samples=1, dtype=torch.float64)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = LiSSA(damping=0.01, scale=2.0, depth=50, batch_size=1).solve(op, torch.ones((1, 2)))
+    >>> [w.category.__name__ for w in caught]
+    ['LiSSADepthWarning']
     """
 
 

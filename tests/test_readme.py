@@ -39,3 +39,28 @@ def test_the_readme_code_runs(monkeypatch):
     assert spearmanr(got.ravel(), ref.ravel())[0] >= 0.95
     assert ns["explanation"].helpful_indices.shape == (5, 10)
     assert ns["search"].best_params_["solver__depth"] in (50, 200)
+
+
+def rst_python_blocks(name: str) -> list[str]:
+    """The ``.. code-block:: python`` blocks of a docs page, dedented."""
+    import textwrap
+
+    text = (README.parent / "docs" / name).read_text(encoding="utf-8")
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:(?:   .*)?\n)+)", text)
+    return [textwrap.dedent(b) for b in blocks]
+
+
+def test_the_getting_started_and_user_guide_code_runs():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = rst_python_blocks("getting_started.rst") + rst_python_blocks("user_guide.rst")
+    assert len(blocks) >= 2
+    ns: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs python block {i + 1}", "exec"), ns)
+    plt.close("all")
+    ex = ns["ex"]  # the user guide's explanation of five test points
+    assert ex.helpful_indices.shape == (5, 10)
+    assert (np.diff(ex.helpful_scores, axis=1) <= 0).all()  # highest scores first

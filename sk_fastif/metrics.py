@@ -1,4 +1,5 @@
-"""Metrics on influence scores: agreement between solvers, top-k overlap, solver residuals."""
+"""Metrics on influence scores: agreement between solvers and with retraining, top-k overlap,
+solver residuals."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from sklearn.utils.validation import check_is_fitted
 from . import _validation as val
 from ._app_metrics import mislabel_detection_curve, step_test
 from ._ranking import csr_to_candidates, top_k
+from ._retraining import leave_one_out_correlation, linear_datamodeling_score
 from .solvers import BaseSolver, Exact
 
 __all__ = [
     "candidate_recall",
     "influence_agreement",
+    "leave_one_out_correlation",
+    "linear_datamodeling_score",
     "make_influence_scorer",
     "mislabel_detection_curve",
     "relative_residual_score",

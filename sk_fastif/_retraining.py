@@ -1,0 +1,220 @@
+"""Agreement with retraining: leave-one-out correlation and the linear datamodeling score.
+
+Both compare influence scores with what actually happens when the net is trained again without
+some training points, the check that matters beyond agreement with the exact formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.stats import pearsonr, spearmanr
+from sklearn.utils import Bunch, check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from . import _net
+from ._gradients import NetBridge
+
+
+def _dense_scores(explainer, X_test, y_test) -> np.ndarray:
+    scores = explainer.influences(X_test, y_test)
+    return scores.toarray() if sparse.issparse(scores) else np.asarray(scores, dtype=np.float64)
+
+
+def _check(explainer, X, y) -> tuple[int, Callable]:
+    check_is_fitted(explainer, ["engine_"])
+    pre, _ = _net.split_estimator(explainer.fitted_estimator_)
+    if pre is not None:
+        raise ValueError(
+            "Retraining metrics need the explainer to wrap a bare skorch net, not a Pipeline: "
+            "the test losses of each retrained net are computed on the net's own input."
+        )
+    n = len(X)
+    if n != explainer.n_train_ or len(y) != n:
+        raise ValueError(
+            f"X and y must be the training data the explainer was fitted on "
+            f"({explainer.n_train_} rows); got {n} rows of X and {len(y)} of y."
+        )
+    return n, explainer
+
+
+def _default_refit(explainer, random_state) -> Callable:
+    rng = check_random_state(random_state)
+
+    def refit(X_sub, y_sub):
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        return _net.fit_clone(explainer.net_, X_sub, y_sub, seed)
+
+    return refit
+
+
+def _test_losses(net, Xt: torch.Tensor, yt: torch.Tensor) -> np.ndarray:
+    _, net = _net.split_estimator(net)
+    with torch.no_grad():
+        return NetBridge(net).losses(Xt, yt).detach().double().cpu().numpy()
+
+
+def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=None,
+                              refit: Callable | None = None, method: str = "pearson",
+                              random_state=None) -> Bunch:
+    """Correlation of predicted and actual test-loss changes when single points are left out.
+
+    For each training index ``j`` in ``indices`` the net is trained again on the other rows
+    (``refit(X_without_j, y_without_j)``), and the change of each test point's loss is compared
+    with its score times ``n / (n - 1)`` (the left-out point's weight in the mean loss).
+
+    Parameters
+    ----------
+    explainer : InfluenceExplainer
+        Fitted on ``(X, y)``, wrapping a bare skorch net.
+    X, y : array-like
+        The training data the explainer was fitted on.
+    X_test, y_test : array-like
+        Test points; ``y_test=None`` uses the net's predictions, as :meth:`influences` does.
+    indices : array-like of int or None, default=None
+        Training points to leave out; None takes 20 at random.
+    refit : callable or None, default=None
+        ``refit(X_sub, y_sub)`` returns a fitted net trained on the subset. None trains a clone
+        of the explainer's net with its own settings, seeded from ``random_state``. For a convex
+        model, pass a refit that reaches the optimum (the closest to the formula's assumption).
+    method : {"pearson", "spearman"}, default="pearson"
+        The correlation over all (left-out point, test point) pairs.
+    random_state : int, RandomState instance or None, default=None
+        Draws ``indices`` when None and seeds the default ``refit``.
+
+    Returns
+    -------
+    Bunch
+        ``score`` (the correlation), ``predicted`` and ``actual`` of shape
+        ``(len(indices), n_test)``, and ``indices``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetRegressor
+    >>> from sk_fastif import InfluenceExplainer
+    >>> from sk_fastif.metrics import leave_one_out_correlation
+    >>> from sk_fastif.solvers import Exact
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randn(40, 3).astype("float64"); y = (X @ [1.0, -2.0, 0.5])[:, None]
+    >>> y = y + 0.3 * rng.randn(40, 1)
+    >>> def ridge(Xs, ys, lam=0.1):  # the exact optimum of mean squared error + lam/2 |w|^2
+    ...     net = NeuralNetRegressor(torch.nn.Linear(3, 1, bias=False).double(), max_epochs=0,
+    ...                              train_split=None, verbose=0).initialize()
+    ...     w = np.linalg.solve(2 * Xs.T @ Xs / len(Xs) + lam * np.eye(3), 2 * Xs.T @ ys / len(Xs))
+    ...     net.module_.weight.data = torch.as_tensor(w.T)
+    ...     return net
+    >>> net = ridge(X, y)
+    >>> expl = InfluenceExplainer(net, solver=Exact(damping=0.1)).fit(X, y)
+    >>> res = leave_one_out_correlation(expl, X, y, X[:5], y[:5], indices=range(10), refit=ridge)
+    >>> bool(res.score > 0.95)
+    True
+    """
+    n, _ = _check(explainer, X, y)
+    rng = check_random_state(random_state)
+    indices = (rng.choice(n, size=min(20, n), replace=False) if indices is None
+               else np.asarray(list(indices), dtype=np.intp))
+    if len(indices) < 2 or indices.min() < 0 or indices.max() >= n:
+        raise ValueError(f"indices must hold at least 2 training rows in [0, {n}); "
+                         f"got {indices!r}.")
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f'method must be "pearson" or "spearman"; got {method!r}.')
+    refit = _default_refit(explainer, rng) if refit is None else refit
+    scores = _dense_scores(explainer, X_test, y_test)
+    Xt, yt = explainer.as_engine_input(X_test, y_test)
+    X, y = np.asarray(X), np.asarray(y)
+    base = _test_losses(explainer.net_, Xt, yt)
+    actual = np.empty((len(indices), scores.shape[0]))
+    for i, j in enumerate(indices):
+        keep = np.arange(n) != j
+        actual[i] = _test_losses(refit(X[keep], y[keep]), Xt, yt) - base
+    predicted = scores[:, indices].T * n / (n - 1)
+    corr = pearsonr if method == "pearson" else spearmanr
+    return Bunch(score=float(corr(predicted.ravel(), actual.ravel())[0]), predicted=predicted,
+                 actual=actual, indices=indices)
+
+
+def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets: int = 50,
+                              fraction: float = 0.5, refit: Callable | None = None,
+                              random_state=None) -> Bunch:
+    """The linear datamodeling score (LDS) of an explainer's scores.
+
+    Draws ``n_subsets`` random subsets of ``fraction * n`` training rows, trains the net again
+    on each (``refit``), and, for each test point, takes the Spearman correlation over the
+    subsets between the actual test loss and the one the scores predict (the full model's loss
+    plus the scores of the rows left out). The LDS is the mean over the test points: the metric
+    TRAK and dattri report.
+
+    Parameters
+    ----------
+    explainer : InfluenceExplainer
+        Fitted on ``(X, y)``, wrapping a bare skorch net.
+    X, y : array-like
+        The training data the explainer was fitted on.
+    X_test, y_test : array-like
+        Test points; ``y_test=None`` uses the net's predictions.
+    n_subsets : int, default=50
+        Subsets drawn (and nets trained).
+    fraction : float, default=0.5
+        Share of the training rows in each subset.
+    refit : callable or None, default=None
+        ``refit(X_sub, y_sub)`` returns a fitted net; None trains a seeded clone of the
+        explainer's net.
+    random_state : int, RandomState instance or None, default=None
+        Draws the subsets and seeds the default ``refit``.
+
+    Returns
+    -------
+    Bunch
+        ``score`` (the LDS), ``per_test`` (Spearman per test point), ``predicted`` and
+        ``actual`` test losses of shape ``(n_subsets, n_test)``, and ``subsets`` (the rows kept).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetRegressor
+    >>> from sk_fastif import InfluenceExplainer
+    >>> from sk_fastif.metrics import linear_datamodeling_score
+    >>> from sk_fastif.solvers import Exact
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randn(60, 3); y = (X @ [1.0, -2.0, 0.5])[:, None] + 0.5 * rng.randn(60, 1)
+    >>> def ridge(Xs, ys, lam=0.1):
+    ...     net = NeuralNetRegressor(torch.nn.Linear(3, 1, bias=False).double(), max_epochs=0,
+    ...                              train_split=None, verbose=0).initialize()
+    ...     w = np.linalg.solve(2 * Xs.T @ Xs / len(Xs) + lam * np.eye(3), 2 * Xs.T @ ys / len(Xs))
+    ...     net.module_.weight.data = torch.as_tensor(w.T)
+    ...     return net
+    >>> expl = InfluenceExplainer(ridge(X, y), solver=Exact(damping=0.1)).fit(X, y)
+    >>> res = linear_datamodeling_score(expl, X, y, X[:4], y[:4], n_subsets=30,
+    ...                                 refit=ridge, random_state=0)
+    >>> bool(res.score > 0.5)
+    True
+    """
+    n, _ = _check(explainer, X, y)
+    if not (isinstance(n_subsets, (int, np.integer)) and n_subsets >= 3):
+        raise ValueError(f"n_subsets must be an int >= 3; got {n_subsets!r}.")
+    m = int(round(float(fraction) * n))
+    if not 1 <= m < n:
+        raise ValueError(f"fraction must keep between 1 and {n - 1} of the {n} training rows; "
+                         f"got fraction={fraction!r} ({m} rows).")
+    rng = check_random_state(random_state)
+    refit = _default_refit(explainer, rng) if refit is None else refit
+    scores = _dense_scores(explainer, X_test, y_test)
+    Xt, yt = explainer.as_engine_input(X_test, y_test)
+    X, y = np.asarray(X), np.asarray(y)
+    base = _test_losses(explainer.net_, Xt, yt)
+    subsets = np.stack([np.sort(rng.permutation(n)[:m]) for _ in range(n_subsets)])
+    predicted = np.empty((n_subsets, scores.shape[0]))
+    actual = np.empty_like(predicted)
+    for s, keep in enumerate(subsets):
+        left_out = np.ones(n, dtype=bool)
+        left_out[keep] = False
+        predicted[s] = base + scores[:, left_out].sum(axis=1)
+        actual[s] = _test_losses(refit(X[keep], y[keep]), Xt, yt)
+    per_test = np.array([spearmanr(predicted[:, i], actual[:, i])[0]
+                         for i in range(scores.shape[0])])
+    return Bunch(score=float(np.nanmean(per_test)), per_test=per_test, predicted=predicted,
+                 actual=actual, subsets=subsets)

@@ -1,4 +1,4 @@
-"""The gallery's core example runs end to end (with a non-interactive matplotlib backend)."""
+"""Gallery examples run end to end (with a non-interactive matplotlib backend)."""
 
 import runpy
 from pathlib import Path
@@ -21,4 +21,21 @@ def test_plot_explain_digits_runs(monkeypatch, capsys):
     labels = ns["y_train"][ex.helpful_indices]
     predicted = ns["pred"][ns["wrong"]][:, None]
     assert (labels == predicted).mean() >= 0.5
+    plt.close("all")
+
+
+def test_plot_tune_lissa_runs(monkeypatch, capsys):
+    matplotlib = pytest.importorskip("matplotlib")
+    pytest.importorskip("pandas")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    ns = runpy.run_path(str(EXAMPLES / "plot_tune_lissa.py"), run_name="__main__")
+    assert "best agreement" in capsys.readouterr().out
+    table = ns["table"]
+    assert len(table) == 12  # every setting of the grid was scored
+    # deeper recursions agree better with Exact (the truncated series is a larger damping)
+    by_depth = table.groupby("depth")["agreement"].mean()
+    assert by_depth[80] > by_depth[5]
     plt.close("all")

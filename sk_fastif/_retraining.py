@@ -24,7 +24,7 @@ def _dense_scores(explainer, X_test, y_test) -> np.ndarray:
     return scores.toarray() if sparse.issparse(scores) else np.asarray(scores, dtype=np.float64)
 
 
-def _check(explainer, X, y) -> tuple[int, Callable]:
+def _check(explainer, X, y) -> int:
     check_is_fitted(explainer, ["engine_"])
     pre, _ = _net.split_estimator(explainer.fitted_estimator_)
     if pre is not None:
@@ -38,7 +38,7 @@ def _check(explainer, X, y) -> tuple[int, Callable]:
             f"X and y must be the training data the explainer was fitted on "
             f"({explainer.n_train_} rows); got {n} rows of X and {len(y)} of y."
         )
-    return n, explainer
+    return n
 
 
 def _default_refit(explainer, random_state) -> Callable:
@@ -113,7 +113,7 @@ def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=N
     >>> bool(res.score > 0.95)
     True
     """
-    n, _ = _check(explainer, X, y)
+    n = _check(explainer, X, y)
     rng = check_random_state(random_state)
     indices = (rng.choice(n, size=min(20, n), replace=False) if indices is None
                else np.asarray(list(indices), dtype=np.intp))
@@ -193,7 +193,7 @@ def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets
     >>> bool(res.score > 0.5)
     True
     """
-    n, _ = _check(explainer, X, y)
+    n = _check(explainer, X, y)
     if not (isinstance(n_subsets, (int, np.integer)) and n_subsets >= 3):
         raise ValueError(f"n_subsets must be an int >= 3; got {n_subsets!r}.")
     m = int(round(float(fraction) * n))

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -17,11 +17,35 @@ from torch.func import grad, jvp, vjp, vmap
 
 from ._gradients import VMAP_ERRORS
 
-__all__ = ["CurvatureOperator", "CurvatureProducts"]
+__all__ = ["CurvatureOperator", "CurvatureProducts", "TrainingData"]
 
 # torch.func.jvp enters a process-wide forward-AD level: two threads computing Gauss-Newton
 # products at once break each other's (the threading backend of joblib runs workers as threads).
 _FORWARD_AD_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The net and training data behind an operator, for solvers that factor the curvature
+    layer by layer (they need activations, not only products).
+
+    Parameters
+    ----------
+    bridge : NetBridge
+        The net's loss as a function of the selected parameters (``bridge.net``,
+        ``bridge.selected``, ``bridge.theta``, ``bridge.modes()``).
+    X, y : torch.Tensor
+        The training data as the net takes it.
+    """
+
+    bridge: object
+    X: torch.Tensor
+    y: torch.Tensor
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The training data in chunks of ``bridge.batch_size`` rows, on the net's device."""
+        for sl in self.bridge.chunks(len(self.X)):
+            yield (self.X[sl].to(self.bridge.device), self.y[sl].to(self.bridge.device))
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,9 @@ class CurvatureOperator:
         so that a copy of an operator (unpickled in another process, or moved to another
         device) reuses the work of :meth:`~sk_fastif.solvers.BaseSolver.prepare`. ``None``:
         the operator object's identity is used instead.
+    data : TrainingData or None
+        The net and training data the products come from (None for an operator built from a
+        matrix): what a solver that needs more than products reads.
 
     Examples
     --------
@@ -71,6 +98,7 @@ class CurvatureOperator:
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fingerprint: str | None = None
+    data: TrainingData | None = field(default=None, repr=False, compare=False)
 
 
 class CurvatureProducts:
@@ -191,4 +219,5 @@ class CurvatureProducts:
             dtype=b.dtype,
             device=b.device,
             fingerprint=fingerprint,
+            data=TrainingData(b, X, y),
         )

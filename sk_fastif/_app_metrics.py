@@ -17,6 +17,9 @@ from sklearn.metrics import auc as area_under
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 
+from . import _batch as rows_of
+from ._gradients import samples
+
 __all__ = ["mislabel_detection_curve", "step_test"]
 
 
@@ -148,7 +151,7 @@ def step_test(explainer, X, y=None, *, k: int = 10, lr: float = 0.01, random_sta
     Xt, yt = explainer.as_engine_input(X, y)
     engine = explainer.engine_
     bridge = engine.bridge
-    n_test = len(Xt)
+    n_test = len(yt)
     rng = check_random_state(random_state)
     sets = {
         "helpful": explanation.helpful_indices,
@@ -159,13 +162,15 @@ def step_test(explainer, X, y=None, *, k: int = 10, lr: float = 0.01, random_sta
     before = bridge.losses(Xt, yt)
     out = Bunch(loss_before=before.cpu().numpy().astype(np.float64), k=int(k), lr=float(lr))
     for name, idx in sets.items():
-        rows = torch.as_tensor(idx.ravel(), device=engine.X_train.device)
-        G = engine.gradients(engine.X_train[rows], engine.y_train[rows], what="training point")
+        rows = torch.as_tensor(idx.ravel())
+        G = engine.gradients(rows_of.take(engine.X_train, rows),
+                             engine.y_train[rows.to(engine.y_train.device)], what="training point")
         steps = G.reshape(n_test, k, -1).mean(dim=1)
         after = torch.empty(n_test, dtype=before.dtype, device=before.device)
         with bridge.modes(), torch.no_grad():
-            for i in range(n_test):
-                after[i] = bridge.sample_loss(bridge.theta - lr * steps[i], Xt[i], yt[i])
+            for i, (xi, yi) in enumerate(zip(samples(Xt), yt)):
+                after[i] = bridge.sample_loss(bridge.theta - lr * steps[i],
+                                              rows_of.to_device(xi, bridge.device), yi)
         out[name] = (after - before).cpu().numpy().astype(np.float64)
     out["helpful_lowers"] = float(np.mean(out["helpful"] < 0))
     out["harmful_raises"] = float(np.mean(out["harmful"] > 0))

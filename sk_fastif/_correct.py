@@ -19,6 +19,7 @@ from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 
+from . import _batch as rows_of
 from . import _net
 from . import _ranking as ranking
 from . import _validation as val
@@ -57,10 +58,11 @@ def _validation_metrics(net, task, Xv, yv, batch_size: int) -> tuple[float | Non
         return None, None
     total = 0.0
     with _net.net_modes(net), torch.no_grad():
-        for s in range(0, len(Xv), batch_size):
-            Xb, yb = Xv[s:s + batch_size], yv[s:s + batch_size]
-            total += float(net.get_loss(net.infer(Xb), yb, X=Xb, training=False)) * len(Xb)
-    loss = total / len(Xv)
+        n = rows_of.n_rows(Xv)
+        for s in range(0, n, batch_size):
+            Xb, yb = rows_of.take(Xv, slice(s, s + batch_size)), yv[s:s + batch_size]
+            total += float(net.get_loss(net.infer(Xb), yb, X=Xb, training=False)) * len(yb)
+    loss = total / n
     if task.kind == "regressor":
         return loss, None
     predicted = task.predicted_labels(_net.predict_proba_tensor(net, Xv, batch_size))
@@ -96,13 +98,13 @@ class ApplicationsMixin:
         if self.candidates_ is None:
             return engine.score_data(S, Xp, yp), None, labels, np.asarray(y_pool)
         k = self.candidates_.n_neighbors
-        if k > len(Xp):
-            raise ValueError(f"the candidates' n_neighbors={k} exceeds the {len(Xp)} pool points; "
+        if k > len(yp):
+            raise ValueError(f"the candidates' n_neighbors={k} exceeds the {len(yp)} pool points; "
                              "use a larger pool or fewer neighbours.")
         selector = clone(self.candidates_).fit(self.net_, Xp)  # the same settings, over the pool
         C = np.sort(selector.kneighbors(self.net_, Xt, query=query)[0], axis=1)
         U, inv = np.unique(C, return_inverse=True)
-        scores = engine.score_data(S, Xp[torch.as_tensor(U, device=Xp.device)],
+        scores = engine.score_data(S, rows_of.take(Xp, U),
                                    yp[torch.as_tensor(U, device=yp.device)])
         values = np.take_along_axis(scores, inv.reshape(C.shape), axis=1)
         return values, C, labels, np.asarray(y_pool)
@@ -190,7 +192,7 @@ class ApplicationsMixin:
         data as the net sees it: the influence of the corrected net at this step."""
         snapshot = copy.deepcopy(net)
         scorer = clone(self).set_params(estimator=snapshot, random_state=seed, verbose=0)
-        return scorer.fit(self.engine_.X_train.cpu().numpy(), self.y_train_)
+        return scorer.fit(rows_of.as_user_input(self.engine_.X_train), self.y_train_)
 
     def correct(self, X, y, *, n_steps: int = 10, n_anchors: int = 10, n_helpful: int = 10,
                 lr: float = 1e-4, strategy: str = "helpful", refresh: int | None = 1,
@@ -282,8 +284,8 @@ class ApplicationsMixin:
         else:
             Xp, yp = self.engine_.X_train, self.engine_.y_train
         where = "pool" if in_pool else "training set"
-        if strategy != "anchors" and n_helpful > len(Xp):
-            raise ValueError(f"n_helpful={n_helpful} exceeds the {len(Xp)} points of the {where}.")
+        if strategy != "anchors" and n_helpful > len(yp):
+            raise ValueError(f"n_helpful={n_helpful} exceeds the {len(yp)} points of the {where}.")
         if (strategy == "helpful" and self.candidates_ is not None
                 and n_helpful > self.candidates_.n_neighbors):
             raise ValueError(f"n_helpful={n_helpful} exceeds the candidates' n_neighbors="
@@ -292,7 +294,7 @@ class ApplicationsMixin:
         if (X_val is None) != (y_val is None):
             raise ValueError("pass both X_val and y_val, or neither.")
         Xv, yv = self.as_engine_input(X_val, y_val) if X_val is not None else (None, None)
-        Xp_net = Xp.cpu().numpy()  # what the refreshed explainers take
+        Xp_net = rows_of.as_user_input(Xp)  # what the refreshed explainers take
         yp_raw = np.asarray(y_pool) if in_pool else self.y_train_
 
         rng = check_random_state(random_state)
@@ -311,23 +313,23 @@ class ApplicationsMixin:
 
         history = [record(0, [])]
         best_step, best_state = 0, copy.deepcopy(net.module_.state_dict())
-        Xe_net, ye_raw = Xe.cpu().numpy(), ye.cpu().numpy()
+        Xe_net, ye_raw = rows_of.as_user_input(Xe), ye.cpu().numpy()
         scorer = None
         for step in range(1, n_steps + 1):
-            anchors = np.sort(rng.choice(len(Xe), size=min(n_anchors, len(Xe)), replace=False))
+            anchors = np.sort(rng.choice(len(ye), size=min(n_anchors, len(ye)), replace=False))
             seed = int(rng.randint(np.iinfo(np.int32).max))
             if strategy == "anchors":
-                chosen, batch = anchors, (Xe[anchors], ye[anchors])
+                chosen, batch = anchors, (rows_of.take(Xe, anchors), ye[anchors])
             else:
                 if strategy == "random":
-                    chosen = np.sort(rng.choice(len(Xp), size=n_helpful, replace=False))
+                    chosen = np.sort(rng.choice(len(yp), size=n_helpful, replace=False))
                 else:
                     if scorer is None or (refresh is not None and (step - 1) % refresh == 0):
                         scorer = self._scorer_for(net, seed)
-                    chosen = _most_helpful(scorer, Xe_net[anchors], ye_raw[anchors],
+                    chosen = _most_helpful(scorer, rows_of.take(Xe_net, anchors), ye_raw[anchors],
                                            (Xp_net, yp_raw) if in_pool else None, n_helpful)
-                index = torch.as_tensor(chosen, device=Xp.device)
-                batch = (Xp[index], yp[index])
+                index = torch.as_tensor(chosen, device=yp.device)
+                batch = (rows_of.take(Xp, chosen), yp[index])
             net.train_step(batch)
             history.append(record(step, chosen))
             if Xv is not None and rank_key(history[-1]) < rank_key(history[best_step]):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.func import grad, jvp, vjp, vmap
 
-from ._gradients import VMAP_ERRORS
+from ._gradients import VMAP_ERRORS, samples
 
 __all__ = ["CurvatureOperator", "CurvatureProducts", "TrainingData"]
 
@@ -34,18 +34,23 @@ class TrainingData:
     bridge : NetBridge
         The net's loss as a function of the selected parameters (``bridge.net``,
         ``bridge.selected``, ``bridge.theta``, ``bridge.modes()``).
-    X, y : torch.Tensor
-        The training data as the net takes it.
+    X : torch.Tensor, dict of torch.Tensor or DatasetRows
+        The training inputs as the net takes them (read by rows, see :mod:`sk_fastif._batch`).
+    y : torch.Tensor
+        The encoded training targets.
     """
 
     bridge: object
-    X: torch.Tensor
+    X: object
     y: torch.Tensor
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The training data in chunks of ``bridge.batch_size`` rows, on the net's device."""
-        for sl in self.bridge.chunks(len(self.X)):
-            yield (self.X[sl].to(self.bridge.device), self.y[sl].to(self.bridge.device))
+    def batches(self) -> Iterator[tuple[object, torch.Tensor]]:
+        """The training data in chunks of ``bridge.batch_size`` rows, on the net's device.
+
+        Inputs are a tensor or a dict of tensors (the net's input kind).
+        """
+        for sl in self.bridge.chunks(len(self.y)):
+            yield self.bridge.on_device(self.X, self.y, sl)
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,7 @@ class CurvatureProducts:
         """The same products, one sample and one vector at a time (fallback without vmap)."""
         b = self.bridge
         total = torch.zeros_like(V)
-        for xi, yi in zip(X, y):
+        for xi, yi in zip(samples(X), y):
 
             def output(t, xi=xi):
                 return b.output(t, xi)
@@ -165,7 +170,7 @@ class CurvatureProducts:
                 _, jv = jvp(output, (b.theta,), (v,))
                 _, hjv = jvp(grad(loss_of), (out,), (jv,))
                 total[r] += pullback(hjv)[0]
-        return total / max(len(X), 1)
+        return total / max(len(y), 1)
 
     def _batch_ggn_vmap(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b = self.bridge
@@ -194,17 +199,17 @@ class CurvatureProducts:
     def product(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Curvature of the mean loss over (X, y), chunked over samples, times each row of V."""
         fn = self._batch_ggn if self.kind == "gauss_newton" else self._batch_hvp
-        n = len(X)
+        n = len(y)
         total = torch.zeros_like(V)
         with self.bridge.modes():
             for sl in self.bridge.chunks(n):
                 w = (sl.stop - sl.start) / n
-                total += w * fn(V, X[sl], y[sl]).detach()
+                total += w * fn(V, *self.bridge.on_device(X, y, sl)).detach()
         return total
 
     def _indexed_product(self, V: torch.Tensor, idx, X: torch.Tensor, y: torch.Tensor):
-        index = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
-        return self.product(V, X[index], y[index])
+        index = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return self.product(V, *self.bridge.on_device(X, y, index))
 
     def operator(self, X: torch.Tensor, y: torch.Tensor,
                  fingerprint: str | None = None) -> CurvatureOperator:
@@ -215,7 +220,7 @@ class CurvatureProducts:
             matvec=partial(self.product, X=X, y=y),
             batch_matvec=partial(self._indexed_product, X=X, y=y),
             n_params=b.n_params,
-            n_samples=len(X),
+            n_samples=len(y),
             dtype=b.dtype,
             device=b.device,
             fingerprint=fingerprint,

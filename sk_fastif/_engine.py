@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import _batch as rows_of
 from . import _validation as val
 from ._curvature import CurvatureProducts
 from ._gradients import NetBridge
@@ -99,8 +100,13 @@ class InfluenceEngine:
         The net's loss as a function of the selected parameters.
     curvature : {"hessian", "gauss_newton"}
         The curvature of the mean training loss.
-    X_train, y_train : torch.Tensor
-        The training data as the net takes it (inputs and encoded targets).
+    X_train : torch.Tensor, dict of torch.Tensor or DatasetRows
+        The training inputs as the net takes them: a tensor, a dict of tensors (skorch passes
+        its values to the module as keyword arguments) or the rows of a Dataset, read lazily.
+        They stay where they are (CPU memory): chunks of ``batch_size`` rows go to the net's
+        device as they are used.
+    y_train : torch.Tensor
+        The encoded training targets.
     solver : BaseSolver
         The iHVP solver; :meth:`prepare` prepares it for this engine's operator.
     verbose : int, default=0
@@ -186,7 +192,7 @@ class InfluenceEngine:
             sorted((k, arr(v)) for k, v in b.fixed.items()),
             self.curvature,
             bool(b.batch_loss_is_mean),
-            arr(self.X_train),
+            rows_of.content_hash(self.X_train),
             arr(self.y_train),
         ))
 
@@ -200,16 +206,14 @@ class InfluenceEngine:
         state.pop("op", None)  # partials over the training tensors: rebuilt on loading
         state.pop("products", None)
         for name in ("X_train", "y_train"):  # as numpy: joblib memory-maps large arrays
-            if state[name].device.type == "cpu":
-                state[name] = state[name].numpy()
+            state[name] = rows_of.to_numpy(state[name])
         return state
 
     def __setstate__(self, state: dict) -> None:
         for name in ("X_train", "y_train"):
-            if isinstance(state[name], np.ndarray):
-                with warnings.catch_warnings():  # a read-only memory map: never written to
-                    warnings.simplefilter("ignore", UserWarning)
-                    state[name] = torch.from_numpy(state[name])
+            with warnings.catch_warnings():  # a read-only memory map: never written to
+                warnings.simplefilter("ignore", UserWarning)
+                state[name] = rows_of.from_numpy(state[name])
         self.__dict__.update(state)
         self._build_operator()
 
@@ -242,12 +246,14 @@ class InfluenceEngine:
         return new.prepare()
 
     def to(self, device: str | torch.device) -> InfluenceEngine:
-        """A copy of the engine on ``device`` (the net is copied there; nothing is re-prepared)."""
+        """A copy of the engine on ``device`` (the net is copied there; nothing is re-prepared).
+
+        The training data stays where it is: chunks of ``batch_size`` rows go to the device
+        as they are used.
+        """
         device = torch.device(device)
         new = copy.copy(self)
         new.bridge = self.bridge.to(device)
-        new.X_train = self.X_train.to(device)
-        new.y_train = self.y_train.to(device)
         new.solver = copy.deepcopy(self.solver)
         new._build_operator()
         return new
@@ -255,7 +261,7 @@ class InfluenceEngine:
     @property
     def n_train(self) -> int:
         """Number of training points ``n``."""
-        return len(self.X_train)
+        return rows_of.n_rows(self.X_train)
 
     @property
     def n_params(self) -> int:
@@ -287,7 +293,8 @@ class InfluenceEngine:
         """Stream the gradients of (X, y) in chunks, checked finite (reported by ``rows``)."""
         it = self.bridge.iter_gradients(X, y)
         if self.verbose:
-            it = tqdm(it, total=-(-len(X) // self.bridge.batch_size), desc=desc, leave=False)
+            it = tqdm(it, total=-(-rows_of.n_rows(X) // self.bridge.batch_size), desc=desc,
+                      leave=False)
         for sl, G in it:
             if rows is None:
                 val.check_finite_gradients(G, what="training point", offset=sl.start)
@@ -299,8 +306,9 @@ class InfluenceEngine:
         if rows is None:
             return self.X_train, self.y_train, None
         rows = np.asarray(rows, dtype=np.int64)
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.X_train.device)
-        return self.X_train[index], self.y_train[index], rows
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return (rows_of.take(self.X_train, index), self.y_train[index.to(self.y_train.device)],
+                rows)
 
     # ------------------------------------------------------------------------- iHVPs
     def factors(self, G: torch.Tensor) -> SolveResult:
@@ -332,7 +340,7 @@ class InfluenceEngine:
         One streaming pass over their gradients, ``batch_size`` rows at a time.
         """
         X, y, index = self._train_rows(rows)
-        out = np.empty((len(S), len(X)), dtype=np.float64)
+        out = np.empty((len(S), len(y)), dtype=np.float64)
         for sl, G in self._iter_gradients(X, y, "training gradients", index):
             out[:, sl] = (S @ G.T).cpu().numpy()
         return out / self.n_train
@@ -344,7 +352,7 @@ class InfluenceEngine:
         estimated rise of test loss ``i`` if point ``j`` had been in training and were removed
         (its up-weighting, with the opposite sign, for a pool of candidate data).
         """
-        out = np.empty((len(S), len(X)), dtype=np.float64)
+        out = np.empty((len(S), len(y)), dtype=np.float64)
         for sl, G in self.bridge.iter_gradients(X, y):
             val.check_finite_gradients(G, what="point", offset=sl.start)
             out[:, sl] = (S @ G.T).cpu().numpy()
@@ -391,7 +399,7 @@ class InfluenceEngine:
 
     def self_scores_data(self, X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         """Self-influence of any points (X, y), one solve per chunk of ``batch_size``."""
-        out = np.empty(len(X), dtype=np.float64)
+        out = np.empty(len(y), dtype=np.float64)
         for sl, G in self.bridge.iter_gradients(X, y):
             val.check_finite_gradients(G, what="point", offset=sl.start)
             val.warn_zero_gradients(G, "their self-influence is 0", stacklevel=3)

@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from . import _batch as rows_of
 from . import _net
 from . import _ranking as ranking
 from . import _sklearn_compat as compat
@@ -21,7 +22,7 @@ from . import _validation as val
 from ._correct import ApplicationsMixin
 from ._engine import InfluenceEngine
 from ._explanation import Explanation
-from ._inputs import InputTransformer
+from ._inputs import InputTransformer, is_dataset
 from ._parallel import Dispatcher, ParallelEngine, check_devices
 from ._random import fit_seeds, needs_seed, seed_selector, seed_solver
 from .metrics import candidate_recall
@@ -170,18 +171,18 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         self.verbose = verbose
 
     # ================================================================================= fitting
-    def fit(self, X, y):
+    def fit(self, X, y=None):
         """Prepare influence computation for the training data ``(X, y)`` the net learned from.
 
-        ``X`` is raw (a pipeline's preprocessing is applied here); ``y`` has shape
-        ``(n_samples,)`` or ``(n_samples, n_outputs)``. Returns ``self``.
+        ``X`` is raw (a pipeline's preprocessing is applied here): any array, a dict of arrays
+        or a Dataset (read lazily; ``y=None`` takes its targets). Returns ``self``.
         """
         self._validate_params()
         val.check_constructor_args(self)
         compat.discard_fit(self, _PRIVATE_FIT_STATE)
         pre, _ = _net.split_estimator(self.estimator)  # TypeError for non-skorch estimators
         val.check_fit_data(X, y, has_preprocessor=pre is not None)
-        y = y if isinstance(y, torch.Tensor) else _net.numeric_target(y)
+        y = y if y is None or isinstance(y, torch.Tensor) else _net.numeric_target(y)
         solver = self.solver  # "auto": chosen by the engine once it knows the parameters
         seeds = fit_seeds(self.random_state, needed=not isinstance(solver, str)
                           and needs_seed(solver))
@@ -192,14 +193,16 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         pre, self.net_ = _net.split_estimator(fitted)
         _net.check_train_split(self.net_)
         # n_features_in_ and, for a DataFrame with string column names, feature_names_in_
-        compat.validate_data(self, X, reset=True, skip_check_array=True)
+        if not is_dataset(X) and not val.is_dict_input(X):  # feature counts, for arrays
+            compat.validate_data(self, X, reset=True, skip_check_array=True)
 
-        dtype, device = _net.param_dtype(self.net_) or torch.float32, _net.param_device(self.net_)
-        self._inputs = InputTransformer(pre, dtype, device)
-        Xt = self._inputs.fit_transform(X)
+        dtype = _net.param_dtype(self.net_) or torch.float32
+        self._inputs = InputTransformer(pre, dtype, self.net_)
+        Xt, y_items = self._inputs.fit_transform(X)
+        y = val.dataset_targets(y, y_items)
         _net.check_net_accepts(self.net_, Xt, after_preprocessing=pre is not None)
         task = _net.Task.from_net(self.net_, Xt)
-        yt = task.encode(y, len(Xt))
+        yt = task.encode(y, rows_of.n_rows(Xt))
         self.task_ = task.with_train_labels(self.net_, yt)
         self.y_train_ = np.asarray(y)
         engine = InfluenceEngine.from_net(
@@ -239,7 +242,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         return ParallelEngine(self.engine_, Dispatcher(self.n_jobs, self.devices_, self.verbose))
 
     def _check_features(self, X) -> None:
-        compat.validate_data(self, X, reset=False, skip_check_array=True)
+        if not is_dataset(X) and not val.is_dict_input(X):
+            compat.validate_data(self, X, reset=False, skip_check_array=True)
 
     def as_engine_input(self, X, y=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Xt, yt)``: ``X`` and ``y`` checked, preprocessed and encoded as the engine takes them.
@@ -248,11 +252,13 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         the predicted labels (classifiers only). Tensors on the net's device.
         """
         self._check_fitted()
-        Xt = self._inputs.transform(X, self._check_features)
+        Xt, y_items = self._inputs.transform(X, self._check_features)
+        if y is None and y_items is not None:  # a Dataset that yields targets
+            y = y_items
         if y is None:
             proba = _net.predict_proba_tensor(self.net_, Xt, self.batch_size)
             return Xt, self.task_.predicted_labels(proba)
-        return Xt, self.task_.encode(y, len(Xt))
+        return Xt, self.task_.encode(y, rows_of.n_rows(Xt))
 
     def _factors(self, Xt, yt, query: str = "each",
                  consequence: str = "their influence scores are all 0") -> torch.Tensor:
@@ -420,7 +426,7 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     # ============================================================================ delegation
     def _delegate(self, method: str, X):
         self._check_fitted()
-        Xt = self._inputs.transform(X, self._check_features)  # as the influences see it
+        Xt, _ = self._inputs.transform(X, self._check_features)  # as the influences see it
         with _net.net_modes(self.net_):  # skorch switches the module and criterion modes
             return getattr(self.net_, method)(Xt)
 

@@ -8,16 +8,19 @@ with respect to a flat vector ``theta`` holding the selected parameters; the oth
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._net import net_modes
+from . import _batch as rows_of
+from ._net import net_modes, output_type_message
 
-__all__ = ["VMAP_ERRORS", "NetBridge", "chunks", "select_parameters"]
+__all__ = ["VMAP_ERRORS", "NetBridge", "chunks", "samples", "select_parameters"]
 
 # what torch.func raises when it cannot batch an operation of the module
 VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
@@ -27,6 +30,15 @@ def chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of ``range(n)`` of at most ``size`` rows."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def samples(X) -> Iterator:
+    """The samples of a batch of inputs (a tensor or a dict of tensors), one at a time."""
+    if isinstance(X, dict):
+        for i in range(rows_of.n_rows(X)):
+            yield {k: v[i] for k, v in X.items()}
+    else:
+        yield from X
 
 
 def select_parameters(
@@ -73,8 +85,11 @@ class _LossModule(torch.nn.Module):
         self.inner = net.module_
         object.__setattr__(self, "_net", net)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._net.infer(x)
+    def forward(self, x) -> torch.Tensor:
+        out = self._net.infer(x)
+        if isinstance(out, Mapping):  # e.g. a Hugging Face ModelOutput
+            raise TypeError(output_type_message(out))
+        return out
 
 
 class NetBridge:
@@ -143,12 +158,12 @@ class NetBridge:
         out.update(self.fixed)
         return out
 
-    def output(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def output(self, theta: torch.Tensor, x) -> torch.Tensor:
         """Net output for one sample ``x`` (no batch dimension), as a batch of one."""
-        return functional_call(self._wrapper, self._as_dict(theta), (x.unsqueeze(0),))
+        return functional_call(self._wrapper, self._as_dict(theta), (rows_of.unsqueeze(x),))
 
-    def loss_of_output(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self.net.get_loss(out, y.unsqueeze(0), X=x.unsqueeze(0), training=False)
+    def loss_of_output(self, out: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
+        loss = self.net.get_loss(out, y.unsqueeze(0), X=rows_of.unsqueeze(x), training=False)
         return loss.reshape(())
 
     def sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -162,13 +177,13 @@ class NetBridge:
     def check_batch_loss_is_mean(self, X: torch.Tensor, y: torch.Tensor) -> None:
         """Use the (faster) batch loss when it equals the mean of per-sample losses here."""
         self.batch_loss_is_mean = False
-        if len(X) < 2:
+        if len(y) < 2:
             return
-        rows = slice(0, min(len(X), 16))
+        X, y = self.on_device(X, y, slice(0, min(len(y), 16)))
         with self.modes(), torch.no_grad():
             try:
-                whole = self.batch_loss(self.theta, X[rows], y[rows])
-                per_sample = self.mean_loss(self.theta, X[rows], y[rows])
+                whole = self.batch_loss(self.theta, X, y)
+                per_sample = self.mean_loss(self.theta, X, y)
             except (RuntimeError, ValueError, TypeError):
                 return
         if not bool(torch.isfinite(per_sample)):
@@ -189,7 +204,8 @@ class NetBridge:
                 return vmap(self.sample_loss, in_dims=(None, 0, 0))(theta, X, y).mean()
             except VMAP_ERRORS as exc:
                 self.disable_vmap(exc)
-        return torch.stack([self.sample_loss(theta, xi, yi) for xi, yi in zip(X, y)]).mean()
+        return torch.stack([self.sample_loss(theta, xi, yi)
+                            for xi, yi in zip(samples(X), y)]).mean()
 
     def disable_vmap(self, exc: BaseException) -> None:
         """Switch to the per-sample loops for good, and say so once."""
@@ -207,17 +223,33 @@ class NetBridge:
         """Slices of ``range(n)`` of ``batch_size`` rows."""
         return chunks(n, self.batch_size)
 
+    def on_device(self, X, y: torch.Tensor, rows) -> tuple:
+        """Rows ``rows`` (a slice or indices) of ``(X, y)``, on the net's device."""
+        if not isinstance(rows, slice):
+            rows = torch.as_tensor(rows, dtype=torch.long)
+            y = y[rows.to(y.device)]
+        else:
+            y = y[rows]
+        return rows_of.to_device(rows_of.take(X, rows), self.device), y.to(self.device)
+
+    @contextlib.contextmanager
     def modes(self):
-        """Eval mode for the net's module and criterion, restored on exit."""
-        return net_modes(self.net)
+        """Eval mode for the net's module and criterion, restored on exit.
+
+        Attention runs on PyTorch's reference ("math") kernel meanwhile: the fused kernels of
+        ``scaled_dot_product_attention`` have no second derivative and no batching rule, so
+        Hessian products and vmapped gradients through attention need it (same values).
+        """
+        with net_modes(self.net), sdpa_kernel([SDPBackend.MATH]):
+            yield
 
     # ----------------------------------------------------------------------------- gradients
     def losses(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample losses, shape (n,)."""
         out = []
         with self.modes(), torch.no_grad():
-            for sl in self.chunks(len(X)):
-                out.append(self._per_sample(self.sample_loss, X[sl], y[sl]))
+            for sl in self.chunks(len(y)):
+                out.append(self._per_sample(self.sample_loss, *self.on_device(X, y, sl)))
         return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype)
 
     def _per_sample(self, fn, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -226,7 +258,7 @@ class NetBridge:
                 return vmap(fn, in_dims=(None, 0, 0))(self.theta, X, y)
             except VMAP_ERRORS as exc:
                 self.disable_vmap(exc)
-        return torch.stack([fn(self.theta, xi, yi) for xi, yi in zip(X, y)])
+        return torch.stack([fn(self.theta, xi, yi) for xi, yi in zip(samples(X), y)])
 
     def _sample_grad_loop(self, theta, x, y):
         with torch.enable_grad():
@@ -243,14 +275,14 @@ class NetBridge:
         never held across a ``yield``: an exception or KeyboardInterrupt in the consumer, or a
         generator that is never finished, cannot leave the user's net in eval mode.
         """
-        for sl in self.chunks(len(X)):
+        for sl in self.chunks(len(y)):
+            Xb, yb = self.on_device(X, y, sl)
             with self.modes():
                 if self.use_vmap:
-                    G = self._per_sample(grad(self.sample_loss), X[sl], y[sl])
+                    G = self._per_sample(grad(self.sample_loss), Xb, yb)
                 else:
-                    G = torch.stack(
-                        [self._sample_grad_loop(self.theta, xi, yi) for xi, yi in zip(X[sl], y[sl])]
-                    )
+                    G = torch.stack([self._sample_grad_loop(self.theta, xi, yi)
+                                     for xi, yi in zip(samples(Xb), yb)])
             yield sl, G.detach()
 
     def gradients(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 
+from . import _batch as rows_of
 from . import _validation as val
 from ._sklearn_compat import FrozenEstimator
 
@@ -144,18 +145,107 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return torch.empty((), dtype=dtype).numpy().dtype
 
 
-def bare_net_input(X, dtype: torch.dtype | None):
+def output_type_message(out) -> str:
+    """The error for a module whose output the net's loss cannot take."""
+    return (
+        f"The module returns {type(out).__name__}, not a tensor: influence needs the net's "
+        "loss on its output. Wrap the module so that forward returns the logits, e.g. "
+        "`def forward(self, **kw): return self.model(**kw).logits` for a Hugging Face model, "
+        "or `[0]` of a tuple (see the user guide, 'Text and other inputs')."
+    )
+
+
+def runs_on(net, X) -> bool:
+    """Whether the net's module runs on the inputs ``X`` (a few rows), in eval mode."""
+    try:
+        with net_modes(net), torch.no_grad():
+            net.infer(X)
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        return False
+    return True
+
+
+class _TokenRangeError(Exception):
+    pass
+
+
+def check_token_ids(net, X, batch_size: int = 256) -> None:
+    """Token ids out of an embedding's range are a clear error (before any gradient).
+
+    Runs the net on ``X`` (a tensor, a dict or :class:`~sk_fastif._batch.DatasetRows`) with a
+    check on the input of every ``nn.Embedding`` / ``nn.EmbeddingBag``; only when ``X`` holds
+    integer values and the module has an embedding.
+    """
+    embeddings = {name: m for name, m in net.module_.named_modules()
+                  if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))}
+    if not embeddings:
+        return
+    probe = rows_of.first(X)
+    if not any(not t.is_floating_point() and t.dtype != torch.bool
+               for t in rows_of.leaves(probe)):
+        return
+    found: list = []
+
+    def hook(module, args, name):
+        ids = args[0] if args else None
+        if isinstance(ids, torch.Tensor) and ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= module.num_embeddings:
+                found.append((name, module.num_embeddings, lo if lo < 0 else hi))
+                raise _TokenRangeError
+
+    handles = [m.register_forward_pre_hook(
+        lambda mod, args, name=name: hook(mod, args, name)) for name, m in embeddings.items()]
+    try:
+        with net_modes(net), torch.no_grad():
+            for start in range(0, rows_of.n_rows(X), batch_size):
+                try:
+                    net.infer(rows_of.take(X, slice(start, start + batch_size)))
+                except _TokenRangeError:
+                    break
+                except (RuntimeError, TypeError, ValueError, IndexError):
+                    return  # another failure: reported by the checks that run the net
+    finally:
+        for h in handles:
+            h.remove()
+    if found:
+        name, size, bad = found[0]
+        raise ValueError(
+            f"X holds token id {bad}, out of the range of embedding {name!r}: it has "
+            f"{size} rows, so ids must be in 0..{size - 1} (the largest valid id is "
+            f"{size - 1}). Encode X with the vocabulary the net was trained with."
+        )
+
+
+def bare_net_input(X, dtype: torch.dtype | None, net=None):
     """``X`` as handed to a bare skorch net: a validated array in ``dtype``.
+
+    Integer values stay integer when ``net`` runs on them (token ids); a dict keeps its keys
+    (each value converted alike); a Dataset is passed as it is.
 
     The influence computations feed the net ``X`` as a tensor in its parameters' dtype; the
     same conversion for ``fit``/``predict`` keeps both views of ``X`` identical (skorch itself
     would pass a DataFrame's columns as keyword arguments and does not cast), and invalid input
     (NaN, sparse, complex, 1-D, empty) is refused before the net is trained.
     """
+    if isinstance(X, torch.utils.data.Dataset):
+        return X
+    if val.is_dict_input(X):
+        val.check_dict_input(X)
+        out = {k: val.check_net_array(v, name=f"X[{k!r}]", ensure_2d=False)
+               for k, v in X.items()}
+        return {k: _cast(v, dtype, net, out) for k, v in out.items()}
     X = val.check_net_array(X)
-    if dtype is not None and X.dtype != _numpy_dtype(dtype):
-        X = X.astype(_numpy_dtype(dtype))
-    return X
+    return _cast(X, dtype, net, X)
+
+
+def _cast(a: np.ndarray, dtype: torch.dtype | None, net, whole) -> np.ndarray:
+    if dtype is None or a.dtype == _numpy_dtype(dtype):
+        return a
+    if a.dtype.kind in "biu" and net is not None and runs_on(net, rows_of.first(
+            rows_of.from_numpy(whole))):
+        return a
+    return a.astype(_numpy_dtype(dtype))
 
 
 def _bare_net_target(net, y, dtype: torch.dtype | None):
@@ -188,15 +278,16 @@ def fit_clone(estimator, X, y, seed: int | None):
             # initialize + partial_fit is skorch's fit; initializing first gives the dtype
             fitted.initialize()
             dtype = param_dtype(fitted)
-            fitted.partial_fit(bare_net_input(X, dtype), _bare_net_target(fitted, y, dtype))
+            fitted.partial_fit(bare_net_input(X, dtype, fitted),
+                               None if y is None else _bare_net_target(fitted, y, dtype))
         else:
             fitted.fit(X, y)
     return fitted
 
 
-def _n_outputs(net, Xt: torch.Tensor) -> int:
+def _n_outputs(net, Xt) -> int:
     with net_modes(net), torch.no_grad():
-        out = net.infer(Xt[:1])
+        out = net.infer(rows_of.first(Xt))
     if isinstance(out, tuple):
         out = out[0]
     return 1 if out.dim() == 1 else int(out.shape[1])
@@ -290,25 +381,28 @@ class Task:
         return proba.argmax(dim=1)
 
 
-def predict_proba_tensor(net, Xt: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict_proba_tensor(net, Xt, batch_size: int) -> torch.Tensor:
     """The net's probabilities (its own predict nonlinearity) for ``Xt``, in eval mode."""
     with eval_mode(net.module_), torch.no_grad():
-        out = torch.cat([net.infer(Xt[s:s + batch_size]) for s in range(0, len(Xt), batch_size)])
+        out = torch.cat([net.infer(rows_of.take(Xt, slice(s, s + batch_size)))
+                         for s in range(0, rows_of.n_rows(Xt), batch_size)])
         return net._get_predict_nonlinearity()(out)
 
 
-def check_net_accepts(net, Xt: torch.Tensor, *, after_preprocessing: bool) -> None:
+def check_net_accepts(net, Xt, *, after_preprocessing: bool) -> None:
     """Run the net on one sample to turn a shape mismatch into a clear error at ``fit``."""
     try:
         with net_modes(net), torch.no_grad():
-            net.infer(Xt[:1])
+            out = net.infer(rows_of.first(Xt))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         what = "X (after the pipeline's preprocessing)" if after_preprocessing else "X"
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ValueError(
-            f"The net cannot be applied to {what} of shape {tuple(Xt.shape)}: {first}. Pass "
-            f"the training data the net learned from (same number of features)."
+            f"The net cannot be applied to {what} of shape {rows_of.describe(Xt)}: {first}. "
+            f"Pass the training data the net learned from (same number of features)."
         ) from exc
+    if isinstance(out, dict):  # e.g. a Hugging Face ModelOutput
+        raise TypeError(output_type_message(out))
 
 
 class TrainSplitWarning(UserWarning):

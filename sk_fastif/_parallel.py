@@ -29,6 +29,7 @@ import torch
 from joblib import Parallel, cpu_count, delayed, effective_n_jobs
 from tqdm.auto import tqdm
 
+from . import _batch as rows_of
 from ._engine import merge_results
 
 __all__ = ["Dispatcher", "ParallelEngine", "check_devices", "split_units"]
@@ -239,10 +240,10 @@ def _score_candidates(engine, rows: slice, S: torch.Tensor, C: np.ndarray) -> np
     return engine.score_candidates(S[rows], C[rows])
 
 
-def _self_scores(engine, rows: slice, X: torch.Tensor | None, y: torch.Tensor | None):
+def _self_scores(engine, rows: slice, X, y: torch.Tensor | None):
     if X is None:
         return engine.self_scores(np.arange(rows.start, rows.stop))
-    return engine.self_scores_data(X[rows], y[rows])
+    return engine.self_scores_data(rows_of.take(X, rows), y[rows])
 
 
 class ParallelEngine:
@@ -282,7 +283,7 @@ class ParallelEngine:
 
     def gradients(self, X: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
         """The engine's per-sample gradients of (X, y), in this process (timed)."""
-        with self._timed("gradients", len(X)):
+        with self._timed("gradients", len(y)):
             return self.engine.gradients(X, y, **kw)
 
     def factors(self, G: torch.Tensor):
@@ -373,7 +374,7 @@ class ParallelEngine:
     def self_scores(self, X: torch.Tensor | None = None, y: torch.Tensor | None = None
                     ) -> np.ndarray:
         """Self-influence of the training set (``X=None``) or of the points (X, y)."""
-        n = self.engine.n_train if X is None else len(X)
+        n = self.engine.n_train if X is None else len(y)
         with self._timed("self-influence", n):
             if not self._parallel:
                 return (self.engine.self_scores() if X is None

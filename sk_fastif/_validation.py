@@ -8,10 +8,12 @@ stack trace from deep inside a dependency or as a silent NaN.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import _num_samples
 
@@ -30,7 +32,7 @@ def check_constructor_args(explainer) -> None:
             )
 
 
-def shape_of(X, *, strict: bool = True) -> tuple:
+def shape_of(X, *, strict: bool = True, name: str = "X") -> tuple:
     """Shape of an array-like without converting it.
 
     A ragged nested list raises ValueError when ``strict``, else gives ``()`` (raw input of a
@@ -44,7 +46,9 @@ def shape_of(X, *, strict: bool = True) -> tuple:
             if not strict:
                 return ()
             raise ValueError(
-                "X is ragged: every sample must have the same number of features."
+                f"{name} is ragged: every sample must have the same shape. Sequences (token "
+                f"ids) must be padded to one length, with an attention mask as another input "
+                f"(a dict), e.g. a tokenizer's padding=True."
             ) from None
     return tuple(int(s) for s in shape)
 
@@ -53,6 +57,15 @@ def check_fit_data(X, y, *, has_preprocessor: bool) -> None:
     """Cheap checks of the training data, before a clone is fitted or any gradient is taken."""
     if X is None:
         raise ValueError("X is required: pass the training inputs the net learned from.")
+    if isinstance(X, torch.utils.data.Dataset) and hasattr(X, "__len__"):
+        if y is not None:
+            check_y_basic(y, name="y")
+            if len(X) != n_samples(y, "y"):
+                raise ValueError(f"X and y have inconsistent numbers of samples: X has "
+                                 f"{len(X)}, y has {n_samples(y, 'y')}.")
+        if len(X) == 0:
+            raise ValueError("X is empty: fit needs at least one training sample.")
+        return
     if y is None:
         raise ValueError(  # scikit-learn's wording for estimators that require y
             "InfluenceExplainer requires y to be passed, but the target y is None: influence "
@@ -64,11 +77,21 @@ def check_fit_data(X, y, *, has_preprocessor: bool) -> None:
         raise ValueError(f"X and y have inconsistent numbers of samples: X has {n_x}, y has {n_y}.")
     if n_x == 0:
         raise ValueError("X is empty: fit needs at least one training sample.")
-    if not has_preprocessor:
+    if not has_preprocessor and not is_dict_input(X):
         check_input_shape(shape_of(X), None)
 
 
+def is_dict_input(X) -> bool:
+    """Whether ``X`` is a dict input (skorch's keyword arguments), not a sparse DOK matrix."""
+    return isinstance(X, Mapping) and not sparse.issparse(X)
+
+
 def n_samples(a, name: str) -> int:
+    if is_dict_input(a):
+        check_dict_input(a, name=name)
+        return n_samples(next(iter(a.values())), f"{name}[{next(iter(a))!r}]")
+    if isinstance(a, torch.utils.data.Dataset) and hasattr(a, "__len__"):
+        return len(a)
     if isinstance(a, torch.Tensor):
         if a.dim() == 0:
             raise ValueError(f"{name} must be array-like with one row per sample; got a scalar.")
@@ -80,6 +103,41 @@ def n_samples(a, name: str) -> int:
             f"{name} must be array-like with one row per sample; got {type(a).__name__} "
             f"({exc})."
         ) from None
+
+
+def check_dict_input(X: Mapping, *, name: str = "X") -> None:
+    """A dict input: string keys, and one row per sample in every value (the same count)."""
+    if not X:
+        raise ValueError(f"{name} is an empty dict: it must map input names to arrays.")
+    bad = [k for k in X if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"{name}'s keys must be strings (the module's argument names); got "
+                        f"{bad!r}.")
+    lengths = {}
+    for k, v in X.items():
+        if isinstance(v, Mapping):
+            raise TypeError(f"{name}[{k!r}] is a dict: nested dicts are not supported.")
+        shape = shape_of(v, name=f"{name}[{k!r}]")
+        if not shape:
+            raise ValueError(f"{name}[{k!r}] must have one row per sample; got a scalar.")
+        lengths[k] = shape[0]
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"The values of {name} disagree in length (one row per sample in each): "
+            + ", ".join(f"{k!r} has {n}" for k, n in lengths.items()) + "."
+        )
+
+
+def dataset_targets(y, y_items):
+    """``y``, else the targets a Dataset's items carry; an error when neither is there."""
+    if y is not None:
+        return y
+    if y_items is None:
+        raise ValueError(
+            "y is None and the Dataset's items carry no target (they are not (x, y) pairs, or "
+            "a skorch Dataset built with y=None): pass y, the training labels."
+        )
+    return y_items
 
 
 def check_y_basic(y, *, name: str = "y") -> np.ndarray:
@@ -138,7 +196,7 @@ def check_input_shape(shape: tuple, expected: tuple | None, *,
         )
 
 
-def check_input_tensor(Xt: torch.Tensor, *, after_preprocessing: bool) -> None:
+def check_input_tensor(Xt: torch.Tensor, *, after_preprocessing: bool, name: str = "X") -> None:
     """The net's input after conversion to its dtype must still be finite (no overflow).
 
     The input was checked finite before the cast, so only an overflow to +-inf is possible:
@@ -148,7 +206,7 @@ def check_input_tensor(Xt: torch.Tensor, *, after_preprocessing: bool) -> None:
     if Xt.numel() == 0 or not Xt.dtype.is_floating_point:
         return
     if not (bool(torch.isfinite(Xt.amax())) and bool(torch.isfinite(Xt.amin()))):
-        what = "X (after the pipeline's preprocessing)" if after_preprocessing else "X"
+        what = f"{name} (after the pipeline's preprocessing)" if after_preprocessing else name
         limit = float(torch.finfo(Xt.dtype).max) if Xt.dtype.is_floating_point else None
         raise ValueError(
             f"{what} has values too large for the net's dtype {Xt.dtype} "
@@ -224,11 +282,11 @@ def warn_zero_gradients(G: torch.Tensor, consequence: str, *, stacklevel: int = 
         )
 
 
-def check_net_array(X, *, name: str = "X") -> np.ndarray:
+def check_net_array(X, *, name: str = "X", ensure_2d: bool = True) -> np.ndarray:
     """A numeric, finite, dense array (any rank >= 2 is left to the shape checks), writable."""
     try:
         X = check_array(X, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
-                        allow_nd=True, input_name=name)
+                        allow_nd=True, ensure_2d=ensure_2d, input_name=name)
     except ValueError as exc:  # name the argument in scikit-learn's messages that do not
         if name in str(exc):
             raise

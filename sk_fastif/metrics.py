@@ -8,12 +8,14 @@ from numbers import Integral
 
 import joblib
 import numpy as np
+import torch
 from scipy import sparse
 from scipy.stats import kendalltau, pearsonr, spearmanr
 from sklearn.base import clone
-from sklearn.utils import _safe_indexing, check_random_state
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from . import _batch as rows_of
 from . import _validation as val
 from ._app_metrics import mislabel_detection_curve, step_test
 from ._ranking import csr_to_candidates, top_k
@@ -448,13 +450,12 @@ def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpfu
             "the explainer has no candidates: there is no shortlist to audit. Set "
             "candidates=NNDescentCandidates(...) and fit again."
         )
-    sample = np.arange(len(X))
-    if max_samples is not None and len(X) > max_samples:
-        rng = check_random_state(random_state)
-        sample = np.sort(rng.choice(len(X), size=max_samples, replace=False))
-        X = _safe_indexing(X, sample)
-        y = None if y is None else _safe_indexing(y, sample)
     Xt, yt = explainer.as_engine_input(X, y)
+    sample = np.arange(len(yt))
+    if max_samples is not None and len(yt) > max_samples:
+        rng = check_random_state(random_state)
+        sample = np.sort(rng.choice(len(yt), size=max_samples, replace=False))
+        Xt, yt = rows_of.take(Xt, sample), yt[torch.as_tensor(sample, device=yt.device)]
     engine = explainer.parallel_engine()
     # the same iHVPs for the exhaustive scores and the shortlists: only the pruning is measured
     S = engine.factors(engine.gradients(Xt, yt)).solution

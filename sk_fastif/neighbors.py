@@ -34,6 +34,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from . import _batch as rows_of
 from . import _sketch
 from ._gradients import chunks
 from ._net import eval_mode
@@ -86,6 +87,10 @@ def _as_tensor(net, X) -> torch.Tensor:
     param = next(net.module_.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else None
+    if isinstance(X, rows_of.DatasetRows):
+        return X  # read by chunks
+    if isinstance(X, dict):
+        return {k: _as_tensor(net, v) for k, v in X.items()}
     if isinstance(X, torch.Tensor):
         X = X.detach()
         if dtype is not None and X.dtype.is_floating_point:
@@ -168,7 +173,7 @@ class BaseCandidates(BaseEstimator):
             ]
             try:
                 with eval_mode(net.module_), torch.no_grad():
-                    net.infer(Xt[:2])
+                    net.infer(rows_of.first(Xt, 2))
             finally:
                 for h in handles:
                     h.remove()
@@ -206,9 +211,14 @@ class BaseCandidates(BaseEstimator):
 
     def _embed(self, net, X, module_name: str | None) -> np.ndarray:
         Xt = _as_tensor(net, X)
-        n = len(Xt)
+        n = rows_of.n_rows(Xt)
         emb = self.embedding
         if emb == "input":
+            if not isinstance(Xt, torch.Tensor):
+                raise ValueError(
+                    "embedding='input' needs the net's input as one array; for a dict or a "
+                    "Dataset pass embedding='penultimate', a submodule's name or a callable."
+                )
             E = Xt.reshape(n, -1).cpu().numpy()
         else:
             captured: list[torch.Tensor] = []
@@ -229,7 +239,8 @@ class BaseCandidates(BaseEstimator):
             try:
                 with eval_mode(net.module_), torch.no_grad():
                     for start in range(0, n, self.batch_size):
-                        chunk = Xt[start : start + self.batch_size]
+                        chunk = rows_of.take(Xt, slice(start, start + self.batch_size))
+                        m = rows_of.n_rows(chunk)
                         if callable(emb):
                             block = emb(net, chunk)
                             if isinstance(block, torch.Tensor):
@@ -243,11 +254,11 @@ class BaseCandidates(BaseEstimator):
                                     f"embedding={emb!r}: module {module_name!r} did not run in "
                                     "the forward pass."
                                 )
-                            block = captured[0].detach().reshape(len(chunk), -1).cpu().numpy()
-                        if block.ndim != 2 or block.shape[0] != len(chunk):
+                            block = captured[0].detach().reshape(m, -1).cpu().numpy()
+                        if block.ndim != 2 or block.shape[0] != m:
                             raise ValueError(
-                                f"the embedding of {len(chunk)} rows has shape {block.shape}; "
-                                f"expected ({len(chunk)}, d)."
+                                f"the embedding of {m} rows has shape {block.shape}; "
+                                f"expected ({m}, d)."
                             )
                         blocks.append(block)
             finally:
@@ -279,7 +290,7 @@ class BaseCandidates(BaseEstimator):
         """
         self._validate_params()
         Xt = _as_tensor(net, X)
-        n = len(Xt)
+        n = rows_of.n_rows(Xt)
         if self.n_neighbors > n:
             raise ValueError(
                 f"n_neighbors={self.n_neighbors} exceeds the number of training samples "
@@ -754,10 +765,10 @@ class GradientSketchCandidates(BaseCandidates):
         if engine.bridge.net is not net:
             raise ValueError("engine was built from another net than the one passed.")
         n, p = engine.n_train, engine.n_params
-        if len(X) != n:
+        if rows_of.n_rows(X) != n:
             raise ValueError(
-                f"X has {len(X)} rows but the engine's training set has {n}: pass the engine's "
-                "training inputs."
+                f"X has {rows_of.n_rows(X)} rows but the engine's training set has {n}: pass "
+                "the engine's training inputs."
             )
         if self.n_neighbors > n:
             raise ValueError(
@@ -773,8 +784,8 @@ class GradientSketchCandidates(BaseCandidates):
 
         def stream():
             for sl in chunks(n, self.batch_size):
-                yield sl, engine.gradients(engine.X_train[sl], engine.y_train[sl],
-                                           what="training point")
+                yield sl, engine.gradients(rows_of.take(engine.X_train, sl),
+                                           engine.y_train[sl], what="training point")
 
         self.singular_values_ = None
         if self.projection == "svd":
@@ -854,7 +865,7 @@ class GradientSketchCandidates(BaseCandidates):
                 "iHVPs: kneighbors(net, X, factors=...)."
             )
         Z = self.transform(factors)
-        n_test = len(X)
+        n_test = rows_of.n_rows(X)
         allowed = (n_test,) if query == "each" else (1, n_test)
         if len(Z) not in allowed:
             raise ValueError(f"factors have {len(Z)} rows for {n_test} test points.")

@@ -112,13 +112,21 @@ def test_task_kinds(digits_mlp, digits, ridge_net, binary_net):
 
 # ----------------------------------------------------------------------------------- inputs
 def test_input_transformer_records_the_shape_and_converts():
-    t = InputTransformer(None, torch.float64, torch.device("cpu"))
-    Xt = t.fit_transform(np.ones((4, 3), dtype=np.float32))
-    assert Xt.dtype == torch.float64 and t.input_shape == (3,)
+    t = InputTransformer(None, torch.float64)
+    Xt, targets = t.fit_transform(np.ones((4, 3), dtype=np.float32))
+    assert Xt.dtype == torch.float64 and t.input_shape == (3,) and targets is None
     with pytest.raises(ValueError, match="expecting 3 features"):
         t.transform(np.ones((2, 5)))
     with pytest.raises(ValueError, match="Reshape your data"):
         t.transform(np.ones(3))
     with pytest.raises(ValueError, match="too large"):
-        InputTransformer(None, torch.float32, torch.device("cpu")).fit_transform(
-            np.full((2, 2), 1e300))
+        InputTransformer(None, torch.float32).fit_transform(np.full((2, 2), 1e300))
+    # a dict: each value converted alike, integers kept (no net to say otherwise)
+    d, _ = InputTransformer(None, torch.float32).fit_transform(
+        {"ids": np.arange(8).reshape(4, 2), "w": np.ones(4)})
+    assert d["ids"].dtype == torch.int64 and d["w"].dtype == torch.float32
+    # a Dataset of (x, y) pairs: lazy rows and its targets
+    ds = torch.utils.data.TensorDataset(torch.ones(5, 2, dtype=torch.float64), torch.arange(5))
+    rows, targets = InputTransformer(None, torch.float32).fit_transform(ds)
+    assert len(rows) == 5 and rows.take([0, 1]).dtype == torch.float32
+    assert targets.tolist() == [0, 1, 2, 3, 4]

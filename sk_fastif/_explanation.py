@@ -90,11 +90,15 @@ class Explanation:
 
         Parameters
         ----------
-        X : array-like of shape (n_train, n_features) or (n_train,), default=None
+        X : array-like, dict of arrays or None, default=None
             The training inputs (as passed to ``fit``), to show each listed training point's
             features next to its score: a DataFrame's columns keep their names, a 2-D array's
             columns are named ``x0, x1, ...``, and a 1-D sequence (e.g. texts) becomes one
-            column ``train_x``.
+            column ``train_x``. Samples of higher rank (images ``(C, H, W)``, token
+            sequences in a 3-D array) are not spread over one column per pixel: column
+            ``train_x`` holds each sample's own array, ready for plotting
+            (:class:`~sk_fastif.plotting.InfluenceDisplay` draws image thumbnails). A dict
+            gives one column per key, each cell the row's value (e.g. its token ids).
 
         Returns
         -------
@@ -149,7 +153,10 @@ class Explanation:
         """The rows ``rows`` of the training inputs ``X`` as a DataFrame indexed 0..len(rows)."""
         import pandas as pd
 
-        n = len(X)
+        if isinstance(X, dict):  # one column per input, a row's value in each cell
+            n = len(next(iter(X.values())))
+        else:
+            n = len(X)
         if self.train_labels is not None and n != len(self.train_labels):
             raise ValueError(
                 f"X has {n} rows but the explanation's training set has "
@@ -160,7 +167,9 @@ class Explanation:
                 f"X has {n} rows but the explanation lists training index {int(rows.max())}: "
                 "pass the training inputs the explainer was fitted on."
             )
-        if isinstance(X, pd.DataFrame):
+        if isinstance(X, dict):
+            out = pd.DataFrame({str(k): _cells(np.asarray(v), rows) for k, v in X.items()})
+        elif isinstance(X, pd.DataFrame):
             out = X.iloc[rows].reset_index(drop=True)
             out.columns = [str(c) for c in out.columns]
         elif isinstance(X, pd.Series):
@@ -175,8 +184,8 @@ class Explanation:
                 out = pd.DataFrame({"train_x": arr[rows]})
             elif arr.ndim == 2:
                 out = pd.DataFrame(arr[rows], columns=[f"x{j}" for j in range(arr.shape[1])])
-            else:
-                raise ValueError(f"X must be 1-D or 2-D; got shape {arr.shape}.")
+            else:  # images and other samples of rank >= 2: the sample itself in one cell
+                out = pd.DataFrame({"train_x": _cells(arr, rows)})
         clash = sorted(set(out.columns) & {"test_index", "kind", "rank", "train_index", "score",
                                            "train_label", "test_label"})
         if clash:
@@ -184,3 +193,12 @@ class Explanation:
                 f"X has columns named like the explanation's own columns: {clash}; rename them."
             )
         return out
+
+
+def _cells(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``arr[rows]`` with one cell per row: a scalar, or the row's array (an object column)."""
+    if arr.ndim == 1:
+        return arr[rows]
+    cells = np.empty(len(rows), dtype=object)
+    cells[:] = [arr[r] for r in rows]
+    return cells

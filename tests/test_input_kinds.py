@@ -317,3 +317,19 @@ def test_a_cnn_on_digit_images_matches_an_explicit_hessian():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * np.abs(want).max())
     with pytest.raises(ValueError, match=r"samples of shape \(1, 4, 4\)"):
         expl.influences(X[:2, :, :4, :4], y[:2])
+
+
+def test_to_frame_shows_images_and_dict_rows_as_one_cell_per_sample(text_net):
+    pytest.importorskip("pandas")
+    net, X, y = text_net
+    expl = InfluenceExplainer(net, solver=Exact(damping=DAMPING)).fit(X, y)
+    ex = expl.explain({k: v[:2] for k, v in X.items()}, y[:2], k=3)
+    frame = ex.to_frame(X=X)
+    assert {"input_ids", "attention_mask"} <= set(frame.columns)
+    for _, row in frame.iterrows():
+        np.testing.assert_array_equal(row["input_ids"], X["input_ids"][row["train_index"]])
+    images = np.arange(40 * 4, dtype=float).reshape(40, 1, 2, 2)
+    frame = ex.to_frame(X=images)
+    for _, row in frame.iterrows():
+        assert row["train_x"].shape == (1, 2, 2)
+        np.testing.assert_array_equal(row["train_x"], images[row["train_index"]])

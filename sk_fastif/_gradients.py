@@ -236,12 +236,18 @@ class NetBridge:
     def modes(self):
         """Eval mode for the net's module and criterion, restored on exit.
 
-        Attention runs on PyTorch's reference ("math") kernel meanwhile: the fused kernels of
-        ``scaled_dot_product_attention`` have no second derivative and no batching rule, so
-        Hessian products and vmapped gradients through attention need it (same values).
+        Attention runs on PyTorch's reference ("math") kernel meanwhile, and the fused
+        inference path of ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` is off:
+        neither has second derivatives, forward-mode AD or a batching rule, which Hessian and
+        Gauss-Newton products and vmapped gradients need (the values are the same).
         """
-        with net_modes(self.net), sdpa_kernel([SDPBackend.MATH]):
-            yield
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with net_modes(self.net), sdpa_kernel([SDPBackend.MATH]):
+                yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
 
     # ----------------------------------------------------------------------------- gradients
     def losses(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

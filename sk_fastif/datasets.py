@@ -33,6 +33,7 @@ __all__ = [
     "load_digits_split",
     "make_classification_split",
     "make_noisy_labels",
+    "make_premise_hypothesis",
     "make_shortcut_digits",
     "make_mlp_classifier",
     "train_digits_net",
@@ -574,3 +575,116 @@ def make_shortcut_digits(
         images[np.arange(len(images)), SHORTCUT_PIXELS[marker]] = 1.0
         out.append(images)
     return out[0], out[1], y, y_ch
+
+
+# token ids of make_premise_hypothesis
+PAD, CLS, SEP = 0, 1, 2
+_FIRST_WORD = 4  # content words come in antonym pairs (w, w ^ 1) from here on
+
+
+def _pair_text(rng, label: int, high_overlap: bool, vocab_size: int, premise_len: int,
+               hypothesis_len: int) -> tuple[np.ndarray, np.ndarray]:
+    n_pairs = (vocab_size - _FIRST_WORD) // 2
+    pairs = rng.choice(n_pairs, size=premise_len, replace=False)
+    premise = _FIRST_WORD + 2 * pairs + rng.randint(0, 2, size=premise_len)
+    free = np.setdiff1d(np.arange(n_pairs), pairs)  # pairs the premise does not touch
+    n_copied = hypothesis_len - label if high_overlap else 0  # a contradiction: one antonym
+    copied = rng.choice(premise, size=n_copied, replace=False)
+    n_fresh = hypothesis_len - n_copied - label
+    fresh_pairs = rng.choice(free, size=n_fresh, replace=False)
+    fresh = _FIRST_WORD + 2 * fresh_pairs + rng.randint(0, 2, size=n_fresh)
+    antonym = (rng.choice(premise, size=label) - _FIRST_WORD) ^ 1
+    hypothesis = np.concatenate([copied, fresh, antonym + _FIRST_WORD]).astype(np.int64)
+    return premise.astype(np.int64), rng.permutation(hypothesis)
+
+
+def make_premise_hypothesis(
+    n_train: int = 600,
+    n_challenge: int = 200,
+    *,
+    agreement: float = 0.9,
+    vocab_size: int = 40,
+    premise_len: int = 6,
+    hypothesis_len: int = 3,
+    random_state=0,
+) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """A synthetic premise/hypothesis task with a lexical-overlap shortcut (a miniature HANS).
+
+    Content words come in antonym pairs ``(w, w ^ 1)``. The label is 1 (contradiction) when the
+    hypothesis holds the antonym of a premise word, else 0 (entailment): reading it needs the
+    two sentences compared word by word. Each example also has a lexical overlap, high (the
+    other hypothesis words are copied from the premise) or low (fresh words). In the training
+    split, entailments have high overlap and contradictions low overlap for
+    ``round(agreement * n)`` examples, so overlap is a shortcut; in the challenge split it is
+    **always** the other way round, like the HANS examples that defeat MNLI models that
+    learned the overlap heuristic.
+
+    Inputs come as a dict, as a skorch text model takes them: ``input_ids`` is
+    ``[CLS] premise [SEP] hypothesis [SEP]`` (ids ``CLS=1``, ``SEP=2``; no padding is needed,
+    as every example has the same length), ``attention_mask`` is all ones and
+    ``token_type_ids`` marks the hypothesis.
+
+    Parameters
+    ----------
+    n_train, n_challenge : int, default=600, 200
+        Number of training and challenge examples.
+    agreement : float, default=0.9
+        Fraction of training examples whose overlap agrees with the label, in [0, 1].
+    vocab_size : int, default=40
+        Size of the vocabulary (ids ``0..vocab_size - 1``; 0 is padding).
+    premise_len, hypothesis_len : int, default=6, 3
+        Words per sentence.
+    random_state : int, RandomState instance or None, default=0
+        Seed.
+
+    Returns
+    -------
+    X_train, X_challenge : dict of ndarray
+        ``input_ids``, ``attention_mask`` and ``token_type_ids``, each of shape
+        ``(n, premise_len + hypothesis_len + 3)``, int64.
+    y_train, y_challenge : ndarray of shape (n,), int64
+        0 entailment, 1 contradiction.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_fastif.datasets import make_premise_hypothesis
+    >>> X_tr, X_ch, y_tr, y_ch = make_premise_hypothesis(200, 50, random_state=0)
+    >>> X_tr["input_ids"].shape, sorted(X_tr)
+    ((200, 12), ['attention_mask', 'input_ids', 'token_type_ids'])
+    >>> def overlap(X):  # hypothesis words found in the premise
+    ...     ids = X["input_ids"]
+    ...     return np.array([np.isin(r[8:11], r[1:7]).sum() for r in ids])
+    >>> high = lambda X: overlap(X) >= 2
+    >>> agrees = lambda X, y: float(np.mean(high(X) == (y == 0)))
+    >>> round(agrees(X_tr, y_tr), 2), agrees(X_ch, y_ch)
+    (0.9, 0.0)
+    """
+    if isinstance(agreement, bool) or not isinstance(agreement, Real) or not 0 <= agreement <= 1:
+        raise ValueError(f"agreement must be a number in [0, 1], got {agreement!r}.")
+    for name, value, low in (("n_train", n_train, 1), ("n_challenge", n_challenge, 1),
+                             ("premise_len", premise_len, 2),
+                             ("hypothesis_len", hypothesis_len, 2)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if (vocab_size - _FIRST_WORD) // 2 < premise_len + hypothesis_len:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: it needs at least "
+            f"{_FIRST_WORD + 2 * (premise_len + hypothesis_len)} ids for these lengths.")
+    rng = check_random_state(random_state)
+    out = []
+    for n, agree in ((n_train, agreement), (n_challenge, 0.0)):
+        y = rng.permutation(np.arange(n) % 2).astype(np.int64)
+        agrees = np.zeros(n, dtype=bool)
+        agrees[rng.permutation(n)[:int(round(agree * n))]] = True
+        high = np.where(agrees, y == 0, y == 1)
+        ids, types = [], []
+        for label, h in zip(y, high):
+            p, q = _pair_text(rng, int(label), bool(h), vocab_size, premise_len, hypothesis_len)
+            ids.append(np.concatenate([[CLS], p, [SEP], q, [SEP]]))
+            types.append(np.r_[np.zeros(premise_len + 2), np.ones(hypothesis_len + 1)])
+        ids = np.asarray(ids, dtype=np.int64)
+        out.append(({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                     "token_type_ids": np.asarray(types, dtype=np.int64)}, y))
+    (X_tr, y_tr), (X_ch, y_ch) = out
+    return X_tr, X_ch, y_tr, y_ch

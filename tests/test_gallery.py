@@ -61,3 +61,11 @@ def test_tabular_example(run_example):
         np.testing.assert_allclose([b.get_width() for b in helpful], ex.helpful_scores[r])
         np.testing.assert_allclose([b.get_width() for b in harmful], ex.harmful_scores[r])
     assert np.all(ex.helpful_scores > 0) and np.all(ex.harmful_scores < 0)
+
+
+def test_text_example(run_example):
+    ns = run_example("plot_explain_text.py")
+    shares = ns["shares"]
+    # the most helpful pairs of the challenge errors break the shortcut more often than chance
+    assert shares["helpful (all pairs scored)"] > 2 * shares["all training pairs"]
+    assert ns["explainer"].n_params_ < sum(p.numel() for p in ns["net"].module_.parameters())

@@ -16,6 +16,7 @@ from ._base import (
     auto_damping,
 )
 from ._cg import CG
+from ._ekfac import EKFAC
 from ._exact import Exact
 from ._lissa import LiSSA, LiSSADepthWarning
 
@@ -25,6 +26,7 @@ __all__ = [
     "CurvatureOperator",
     "CurvatureTooLargeError",
     "DivergenceError",
+    "EKFAC",
     "Exact",
     "IndefiniteCurvatureWarning",
     "LiSSA",

@@ -1,0 +1,387 @@
+"""Kronecker factors of the Gauss-Newton curvature of a net's linear layers.
+
+For a ``torch.nn.Linear`` layer ``s = W a + b`` and a training point ``i``, the Gauss-Newton
+matrix of the loss ``l_i`` restricted to ``[W | b]`` is ``sum_k vec(g_ik ã_iᵀ) vec(g_ik ã_iᵀ)ᵀ``
+where ``ã_i = [a_i; 1]`` is the layer's input with a 1 appended for the bias and
+``g_ik = J_iᵀ u_ik`` the back-propagation to ``s`` of the ``k``-th column ``u_ik`` of a square
+root ``L_i`` of the loss's Hessian with respect to the net's output (``L_i L_iᵀ = ∂²l_i/∂f²``).
+In the row-major layout of the parameters (``W[o, j]`` at ``o * n_in + j``) that block is
+``sum_k (g_ik g_ikᵀ) ⊗ (ã_i ã_iᵀ)``. K-FAC replaces its mean over the training points by
+``S ⊗ A`` with ``S = mean_i sum_k g_ik g_ikᵀ`` and ``A = mean_i ã_i ã_iᵀ``; EK-FAC keeps the
+eigenbasis ``Q_S ⊗ Q_A`` of that product and replaces its eigenvalues by the exact second
+moments of the (probe) gradients in that basis, ``mean_i sum_k ((Q_Sᵀ g_ik)(Q_Aᵀ ã_i)ᵀ)²``,
+which is the diagonal of the layer's Gauss-Newton block in the basis.
+
+The module reads the net only through the :class:`~sk_fastif._curvature.TrainingData` of an
+operator: its bridge's parameter snapshot ``theta`` and selection, ``loss_of_output`` (the
+net's own loss of one output), ``modes()`` (eval mode), and ``batches()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call, hessian, vmap
+
+from .._gradients import VMAP_ERRORS
+
+__all__ = ["KroneckerFactors", "LinearBlock", "compute_factors", "linear_blocks"]
+
+# Squared-gradient products of layers whose inputs have positions are formed by at most this
+# many entries at a time (samples x outputs x inputs).
+_MAX_ENTRIES = 1 << 24
+
+
+@dataclass(frozen=True)
+class LinearBlock:
+    """Where one ``torch.nn.Linear`` layer's selected parameters lie in the flat ``theta``.
+
+    Attributes
+    ----------
+    layer : str
+        The module's name in the net's module (``""`` when the module itself is the layer).
+    n_out, n_in : int
+        The layer's output and input features.
+    weight, bias : tuple of int or None
+        ``(start, stop)`` of the weight (``n_out * n_in`` entries, row-major) and of the bias
+        in ``theta``, or None when that tensor is not selected.
+    """
+
+    layer: str
+    n_out: int
+    n_in: int
+    weight: tuple[int, int] | None
+    bias: tuple[int, int] | None
+
+    @property
+    def n_cols(self) -> int:
+        """Columns of the factored matrix ``[W | b]``: inputs, plus one for a selected bias."""
+        return (self.n_in if self.weight is not None else 0) + (self.bias is not None)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape ``(n_out, n_cols)`` of the factored matrix."""
+        return (self.n_out, self.n_cols)
+
+
+@dataclass(frozen=True)
+class KroneckerFactors:
+    """The eigen-decomposed Kronecker factors of one linear layer (float64, on the CPU).
+
+    The layer's curvature block is approximated by
+    ``(Q_S ⊗ Q_A) diag(vec(eigenvalues)) (Q_S ⊗ Q_A)ᵀ`` in the row-major layout of
+    ``[W | b]``; plain K-FAC would use ``outer(S_eigenvalues, A_eigenvalues)`` instead.
+
+    Attributes
+    ----------
+    block : LinearBlock
+        The layer and where its parameters lie in ``theta``.
+    A_eigenvalues, A_eigenvectors : torch.Tensor
+        Of the input covariance ``A`` (``n_cols`` and ``n_cols x n_cols``), ascending.
+    S_eigenvalues, S_eigenvectors : torch.Tensor
+        Of the output-gradient covariance ``S`` (``n_out`` and ``n_out x n_out``), ascending.
+    eigenvalues : torch.Tensor of shape (n_out, n_cols)
+        The corrected eigenvalues: the mean squared (probe) gradients in the eigenbasis.
+    """
+
+    block: LinearBlock
+    A_eigenvalues: torch.Tensor
+    A_eigenvectors: torch.Tensor
+    S_eigenvalues: torch.Tensor
+    S_eigenvectors: torch.Tensor
+    eigenvalues: torch.Tensor
+
+
+def _name(layer: str) -> str:
+    return repr(layer) if layer else "the root module"
+
+
+def linear_blocks(bridge) -> list[LinearBlock]:
+    """The selected parameters of ``bridge``, grouped by ``torch.nn.Linear`` layer.
+
+    Raises a ValueError naming the selected parameters that are not the weight or bias of a
+    ``torch.nn.Linear`` module.
+    """
+    module = bridge.net.module_
+    found: dict[str, dict[str, tuple[int, int]]] = {}
+    unsupported = []
+    start = 0
+    for name, numel in zip(bridge.selected, bridge.numels):
+        stop = start + int(numel)
+        owner, _, attr = name.rpartition(".")
+        sub = module.get_submodule(owner)
+        if isinstance(sub, torch.nn.Linear) and attr in ("weight", "bias"):
+            found.setdefault(owner, {})[attr] = (start, stop)
+        else:
+            unsupported.append(name)
+        start = stop
+    if unsupported:
+        linear = sorted(n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear))
+        raise ValueError(
+            f"EKFAC factors the curvature of torch.nn.Linear layers only; the selected "
+            f"parameters {unsupported} are not the weight or bias of a Linear layer. Select "
+            f"only Linear layers with `params=` (e.g. the last layers: params={linear[-1:]!r}; "
+            f"the Linear layers of this module: {linear}), or use Exact, CG or LiSSA."
+        )
+    blocks = []
+    for owner, where in found.items():
+        sub = module.get_submodule(owner)
+        blocks.append(LinearBlock(owner, int(sub.out_features), int(sub.in_features),
+                                  where.get("weight"), where.get("bias")))
+    return blocks
+
+
+class _Infer(torch.nn.Module):
+    """The net's ``infer`` as a module over its module, so parameters can be substituted."""
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.inner = net.module_
+        object.__setattr__(self, "_net", net)
+
+    def forward(self, x):
+        return self._net.infer(x)
+
+
+class _Recorder:
+    """Forward hooks that keep each layer's input and output for one forward pass."""
+
+    def __init__(self, module: torch.nn.Module, blocks: list[LinearBlock]) -> None:
+        self.blocks = blocks
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = []
+        for b in blocks:
+            hook = self._hook(b.layer)
+            self.handles.append(module.get_submodule(b.layer).register_forward_hook(hook))
+
+    def _hook(self, layer: str):
+        def record(mod, args, out):
+            if layer in self.outputs:
+                raise ValueError(
+                    f"EKFAC: the Linear layer {_name(layer)} is applied more than once per "
+                    "forward pass (shared weights), which K-FAC's factors do not describe. "
+                    "Leave it out of `params=`, or use Exact, CG or LiSSA.")
+            if not args:
+                raise ValueError(f"EKFAC: the Linear layer {_name(layer)} was called without "
+                                 "a positional input.")
+            self.inputs[layer] = args[0].detach()
+            self.outputs[layer] = out
+        return record
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.outputs.clear()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _theta_dict(bridge, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    pieces = torch.split(theta, [int(n) for n in bridge.numels])
+    out = {"inner." + n: p.view(s) for n, p, s in zip(bridge.selected, pieces, bridge.shapes)}
+    out.update(bridge.fixed)
+    return out
+
+
+def _output_hessians(bridge, F: torch.Tensor, X, y, oshape) -> torch.Tensor:
+    """``∂²l_i/∂f_i²`` of the net's loss of each output row, shape (B, C, C), float64."""
+
+    def loss(o, x, t):
+        return bridge.loss_of_output(o.reshape((1, *oshape)), x, t)
+
+    F = F.detach()
+    if bridge.use_vmap:
+        try:
+            return vmap(hessian(loss))(F, X, y).to(torch.float64)
+        except VMAP_ERRORS as exc:
+            bridge.disable_vmap(exc)
+    return torch.stack([hessian(loss)(f, x, t) for f, x, t in zip(F, X, y)]).to(torch.float64)
+
+
+def _probes(Lam: torch.Tensor, mc_samples: int | None, gen: torch.Generator | None):
+    """Vectors ``u_ik`` with ``sum_k u_ik u_ikᵀ = Λ_i`` (exactly, or in expectation).
+
+    ``mc_samples=None``: the columns of ``Q_i diag(sqrt(max(w_i, 0)))`` (``Λ_i = Q_i diag(w_i)
+    Q_iᵀ``, negative parts of a non-convex loss dropped). An integer ``k``: ``k`` Gaussian
+    combinations of those columns divided by ``sqrt(k)``. Shape (K, B, C).
+    """
+    w, Q = torch.linalg.eigh(0.5 * (Lam + Lam.transpose(1, 2)))
+    L = Q * w.clamp_min(0).sqrt()[:, None, :]
+    if mc_samples is None:
+        return L.permute(2, 0, 1)
+    B, C = Lam.shape[0], Lam.shape[1]
+    z = torch.randn((B, C, mc_samples), generator=gen, dtype=torch.float64)
+    return (L @ z.to(L.device)).permute(2, 0, 1) / np.sqrt(mc_samples)
+
+
+def _probe_gradients(F, outputs: list[torch.Tensor], U: torch.Tensor) -> list[torch.Tensor]:
+    """``J_{s_l}ᵀ u_k`` for every layer output ``s_l`` and probe ``k``: shapes (K, *s_l.shape)."""
+    U = U.to(F.dtype)
+    try:
+        return list(torch.autograd.grad(F, outputs, grad_outputs=U, retain_graph=True,
+                                        is_grads_batched=True, allow_unused=True))
+    except RuntimeError:  # an operation without a batching rule: one backward pass per probe
+        per_probe = [torch.autograd.grad(F, outputs, grad_outputs=u, retain_graph=True,
+                                         allow_unused=True) for u in U]
+        return [None if g[0] is None else torch.stack(g) for g in zip(*per_probe)]
+
+
+def _layer_inputs(block: LinearBlock, a: torch.Tensor, B: int) -> torch.Tensor:
+    """The layer's input ``ã`` as (B, positions, n_cols), float64 (a 1 appended for the bias)."""
+    if a.shape[0] != B or a.shape[-1] != block.n_in:
+        raise ValueError(
+            f"EKFAC: the Linear layer {_name(block.layer)} received an input of shape "
+            f"{tuple(a.shape)} for a batch of {B} rows; it needs the batch first.")
+    a = a.reshape(B, -1, block.n_in).to(torch.float64)
+    parts = [a] if block.weight is not None else []
+    if block.bias is not None:
+        parts.append(torch.ones(a.shape[:-1] + (1,), dtype=a.dtype, device=a.device))
+    return torch.cat(parts, dim=-1)
+
+
+def _passes(data, blocks: list[LinearBlock], mc_samples: int | None,
+            seed: int | None) -> Iterator[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """One pass over the training data: per batch, ``(B, [(ã, g) per layer])``.
+
+    ``ã`` is (B, positions, n_cols) and ``g`` (K, B, positions, n_out), both float64. The same
+    ``seed`` gives the same probes in every pass.
+    """
+    bridge = data.bridge
+    net = bridge.net
+    gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+    wrapper = _Infer(net)
+    recorder = _Recorder(net.module_, blocks)
+    try:
+        for X, y in data.batches():
+            B = len(X)
+            with bridge.modes(), torch.enable_grad():
+                theta = bridge.theta.detach().requires_grad_(True)
+                recorder.clear()
+                F = functional_call(wrapper, _theta_dict(bridge, theta), (X,))
+                if not isinstance(F, torch.Tensor):
+                    raise TypeError("EKFAC needs a module returning one tensor; got "
+                                    f"{type(F).__name__}.")
+                missing = [b.layer for b in blocks if b.layer not in recorder.outputs]
+                if missing:
+                    raise ValueError(f"EKFAC: the Linear layers {missing} were not called by "
+                                     "the net's forward pass.")
+                oshape = tuple(F.shape[1:])
+                Lam = _output_hessians(bridge, F.reshape(B, -1), X, y, oshape)
+                U = _probes(Lam, mc_samples, gen).reshape((-1, B, *oshape))
+                outs = [recorder.outputs[b.layer] for b in blocks]
+                grads = _probe_gradients(F, outs, U)
+            rows = []
+            for b, g in zip(blocks, grads):
+                A = _layer_inputs(b, recorder.inputs[b.layer], B)
+                if g is None:
+                    g = torch.zeros(U.shape[0], B, A.shape[1], b.n_out, dtype=torch.float64,
+                                    device=A.device)
+                rows.append((A, g.detach().reshape(U.shape[0], B, -1, b.n_out).double()))
+            recorder.clear()
+            yield B, rows
+    finally:
+        recorder.remove()
+
+
+def compute_factors(data, mc_samples: int | None = None,
+                    seed: int | None = None) -> list[KroneckerFactors]:
+    """EK-FAC factors of the selected Linear layers of ``data.bridge`` over ``data.batches()``.
+
+    Two passes over the training data: the covariances ``A`` and ``S`` and their
+    eigendecompositions, then the corrected eigenvalues.
+
+    Parameters
+    ----------
+    data : TrainingData
+        The net and training data of a curvature operator.
+    mc_samples : int or None, default=None
+        None: the output-space Hessian of each point is factored exactly (one backward pass
+        per output). An int: that many random probes per point (seeded by ``seed``).
+    seed : int or None
+        Seed of the probes (used only with an integer ``mc_samples``).
+
+    Returns
+    -------
+    list of KroneckerFactors
+        One per layer, in the order of the parameters in ``theta``.
+    """
+    blocks = linear_blocks(data.bridge)
+    n = 0
+    A_sum = [torch.zeros(b.n_cols, b.n_cols, dtype=torch.float64) for b in blocks]
+    S_sum = [torch.zeros(b.n_out, b.n_out, dtype=torch.float64) for b in blocks]
+    for B, rows in _passes(data, blocks, mc_samples, seed):
+        n += B
+        for i, (A, g) in enumerate(rows):
+            A_sum[i] += torch.einsum("bpi,bpj->ij", A, A).cpu()
+            S_sum[i] += torch.einsum("kbpo,kbpq->oq", g, g).cpu()
+    if n == 0:
+        raise ValueError("EKFAC: the training data is empty.")
+    eig_A = [torch.linalg.eigh(0.5 * (M + M.T) / n) for M in A_sum]
+    eig_S = [torch.linalg.eigh(0.5 * (M + M.T) / n) for M in S_sum]
+
+    corrected = [torch.zeros(b.shape, dtype=torch.float64) for b in blocks]
+    for _, rows in _passes(data, blocks, mc_samples, seed):
+        for i, (A, g) in enumerate(rows):
+            QA = eig_A[i][1].to(A.device)
+            QS = eig_S[i][1].to(A.device)
+            a_rot = A @ QA  # (B, P, n_cols)
+            g_rot = g @ QS  # (K, B, P, n_out)
+            if A.shape[1] == 1:  # one position: the squared product factorises per point
+                corrected[i] += ((g_rot[:, :, 0] ** 2).sum(0).T @ a_rot[:, 0] ** 2).cpu()
+            else:
+                corrected[i] += _positions_squared(a_rot, g_rot).cpu()
+    return [
+        KroneckerFactors(block=b, A_eigenvalues=ea[0].clamp_min(0), A_eigenvectors=ea[1],
+                         S_eigenvalues=es[0].clamp_min(0), S_eigenvectors=es[1],
+                         eigenvalues=c / n)
+        for b, ea, es, c in zip(blocks, eig_A, eig_S, corrected)
+    ]
+
+
+def _positions_squared(a_rot: torch.Tensor, g_rot: torch.Tensor) -> torch.Tensor:
+    """``sum_{k,b} (sum_p g_rot[k, b, p] a_rot[b, p]ᵀ)²`` in chunks of points."""
+    K, B, _, n_out = g_rot.shape
+    n_cols = a_rot.shape[-1]
+    step = max(1, _MAX_ENTRIES // max(1, n_out * n_cols))
+    total = torch.zeros(n_out, n_cols, dtype=torch.float64, device=a_rot.device)
+    for k in range(K):
+        for s in range(0, B, step):
+            M = torch.einsum("bpo,bpi->boi", g_rot[k, s:s + step], a_rot[s:s + step])
+            total += (M * M).sum(0)
+    return total
+
+
+def apply_inverse(factors: list[KroneckerFactors], G: torch.Tensor, damping: float,
+                  *, n_params: int) -> torch.Tensor:
+    """``(K + damping I)^{-1}`` applied to each row of ``G`` (float64 in, float64 out).
+
+    ``K`` is the block-diagonal EK-FAC curvature of ``factors``: per layer, rotate the block of
+    the right-hand side into the eigenbasis, divide by ``eigenvalues + damping``, rotate back.
+    """
+    m = G.shape[0]
+    out = torch.empty((m, n_params), dtype=G.dtype, device=G.device)
+    for f in factors:
+        b = f.block
+        parts = []
+        if b.weight is not None:
+            parts.append(G[:, b.weight[0]:b.weight[1]].reshape(m, b.n_out, b.n_in))
+        if b.bias is not None:
+            parts.append(G[:, b.bias[0]:b.bias[1]].reshape(m, b.n_out, 1))
+        V = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        QA = f.A_eigenvectors.to(device=G.device, dtype=G.dtype)
+        QS = f.S_eigenvectors.to(device=G.device, dtype=G.dtype)
+        lam = f.eigenvalues.to(device=G.device, dtype=G.dtype)
+        R = (QS.T @ V @ QA) / (lam + damping)
+        V = QS @ R @ QA.T
+        col = 0
+        if b.weight is not None:
+            out[:, b.weight[0]:b.weight[1]] = V[:, :, :b.n_in].reshape(m, -1)
+            col = b.n_in
+        if b.bias is not None:
+            out[:, b.bias[0]:b.bias[1]] = V[:, :, col]
+    return out

@@ -333,3 +333,18 @@ def test_to_frame_shows_images_and_dict_rows_as_one_cell_per_sample(text_net):
     for _, row in frame.iterrows():
         assert row["train_x"].shape == (1, 2, 2)
         np.testing.assert_array_equal(row["train_x"], images[row["train_index"]])
+
+
+def test_the_per_sample_loop_fallback_takes_dict_inputs(text_net):
+    net, X, y = text_net
+    Xq = {k: v[:3] for k, v in X.items()}
+    expl = InfluenceExplainer(net, solver=Exact(damping=DAMPING)).fit(X, y)
+    vmapped = expl.influences(Xq, y[:3])
+    expl.engine_.bridge.use_vmap = False  # what a module vmap cannot run falls back to
+    np.testing.assert_allclose(expl.influences(Xq, y[:3]), vmapped, rtol=1e-8, atol=1e-12)
+    curvature = expl.engine_.products.product
+    V = torch.eye(expl.n_params_, dtype=torch.float64)[:2]
+    looped = curvature(V, expl.engine_.X_train, expl.engine_.y_train)
+    expl.engine_.bridge.use_vmap = True
+    np.testing.assert_allclose(looped, curvature(V, expl.engine_.X_train,
+                                                 expl.engine_.y_train), rtol=1e-8, atol=1e-12)

@@ -193,7 +193,9 @@ class InputTransformer:
         val.check_input_shape(shape, expected, after_preprocessing=self.after_preprocessing)
 
     def _integer_kept(self, X) -> bool:
-        return _is_integer(X) and not self.convert.ints_as_float
+        """Whether ``X`` is integer input that the net was found to take as it is."""
+        return (_is_integer(X) and getattr(self, "_ints_decided", False)
+                and not self.convert.ints_as_float)
 
     def _fit_kind(self, X, *, shape_of_rows, reset: bool = True) -> None:
         """Decide whether integer values stay integer: they do when the net runs on them.
@@ -209,13 +211,15 @@ class InputTransformer:
         sample = rows_of.first(X) if shape_of_rows else X
         if not any(_is_integer(t) for t in _leaves_raw(sample)):
             return
-        self._ints_decided = True
         kept = rows_of.Convert(self.dtype, ints_as_float=False)(sample)
         if _net.runs_on(self.net, kept):
+            self._ints_decided = True
             return
         as_float = rows_of.Convert(self.dtype, ints_as_float=True)(sample)
         if _net.runs_on(self.net, as_float):
+            self._ints_decided = True
             self.convert = rows_of.Convert(self.dtype, ints_as_float=True)
+        # neither runs (e.g. a wrong shape): undecided, the usual checks report the input
 
     def _check_shapes(self, Xt, *, reset: bool) -> None:
         """Each value's sample shape as at ``fit`` (integer values kept integer: the rank only,

@@ -348,3 +348,17 @@ def test_the_per_sample_loop_fallback_takes_dict_inputs(text_net):
     expl.engine_.bridge.use_vmap = True
     np.testing.assert_allclose(looped, curvature(V, expl.engine_.X_train,
                                                  expl.engine_.y_train), rtol=1e-8, atol=1e-12)
+
+
+def test_a_bad_integer_input_does_not_decide_how_later_integers_are_taken():
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 3).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    net = NeuralNetClassifier(torch.nn.Linear(3, 2), criterion=torch.nn.CrossEntropyLoss,
+                              max_epochs=2, train_split=None, verbose=0).fit(X, y)
+    expl = InfluenceExplainer(net, solver=Exact(damping=DAMPING)).fit(X, y)
+    with pytest.raises(ValueError, match="expecting 3 features"):
+        expl.influences(np.ones((2, 5), dtype=np.int64), y[:2])
+    ints = np.arange(6).reshape(2, 3)
+    np.testing.assert_allclose(expl.influences(ints, y[:2]),
+                               expl.influences(ints.astype(np.float32), y[:2]))

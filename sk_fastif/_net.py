@@ -232,20 +232,26 @@ def bare_net_input(X, dtype: torch.dtype | None, net=None):
         return X
     if val.is_dict_input(X):
         val.check_dict_input(X)
-        out = {k: val.check_net_array(v, name=f"X[{k!r}]", ensure_2d=False)
-               for k, v in X.items()}
-        return {k: _cast(v, dtype, net, out) for k, v in out.items()}
-    X = val.check_net_array(X)
-    return _cast(X, dtype, net, X)
+        X = {k: val.check_net_array(v, name=f"X[{k!r}]", ensure_2d=False)
+             for k, v in X.items()}
+    else:
+        X = val.check_net_array(X)
+    if dtype is None:
+        return X
+    target = _numpy_dtype(dtype)
 
+    def cast(X, ints: bool):
+        if isinstance(X, dict):
+            return {k: cast(v, ints) for k, v in X.items()}
+        return X.astype(target) if X.dtype.kind == "f" or ints else X
 
-def _cast(a: np.ndarray, dtype: torch.dtype | None, net, whole) -> np.ndarray:
-    if dtype is None or a.dtype == _numpy_dtype(dtype):
-        return a
-    if a.dtype.kind in "biu" and net is not None and runs_on(net, rows_of.first(
-            rows_of.from_numpy(whole))):
-        return a
-    return a.astype(_numpy_dtype(dtype))
+    kept = cast(X, ints=False)  # floating values in the net's dtype, integers as they are
+    has_ints = any(v.dtype.kind in "biu" for v in (kept.values() if isinstance(kept, dict)
+                                                   else [kept]))
+    if not has_ints or (net is not None and runs_on(net, rows_of.first(
+            rows_of.from_numpy(kept)))):
+        return kept
+    return cast(X, ints=True)  # the net cannot take its integers: its floating dtype
 
 
 def _bare_net_target(net, y, dtype: torch.dtype | None):

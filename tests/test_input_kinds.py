@@ -362,3 +362,13 @@ def test_a_bad_integer_input_does_not_decide_how_later_integers_are_taken():
     ints = np.arange(6).reshape(2, 3)
     np.testing.assert_allclose(expl.influences(ints, y[:2]),
                                expl.influences(ints.astype(np.float32), y[:2]))
+
+
+def test_an_unfitted_text_net_is_trained_on_its_dict_inputs_with_ids_kept_integer():
+    X, y = text_data(40, 0)
+    net = NeuralNetClassifier(TinyText, criterion=torch.nn.CrossEntropyLoss, max_epochs=3,
+                              lr=0.3, train_split=None, verbose=0)
+    expl = InfluenceExplainer(net, solver=Exact(damping=DAMPING), random_state=0).fit(X, y)
+    assert expl.engine_.X_train["input_ids"].dtype == torch.int64
+    assert not getattr(net, "initialized_", False)  # a clone was trained, not the net
+    assert expl.influences({k: v[:2] for k, v in X.items()}, y[:2]).shape == (2, 40)

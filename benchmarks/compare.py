@@ -1,0 +1,352 @@
+"""sk_fastif against its peer libraries on the same nets, data, damping and Hessian.
+
+Every method runs in its own process (this script with ``--worker``) under a memory cap, on a
+workload the parent prepared once (the trained net's state dict and the data, saved to a
+directory), and writes its ``(n_test, n_train)`` score matrix in sk_fastif's convention
+``score = (1/n) g_testᵀ (H + λI)⁻¹ g_train`` (positive = helpful; each peer converted by its
+documented convention, see ``_compare_methods.py``). The parent compares it with a float64
+reference computed here independently (explicit Hessian and Cholesky solve, or CG to a relative
+residual of 1e-8), and prints one markdown table per workload: time (construct + fit + score,
+measured inside the worker, data loading excluded), peak memory (``ru_maxrss`` of the worker),
+Pearson and Spearman correlation per test point over the training points (mean over the test
+points), the overlap of the 10 most helpful training points, and a note.
+
+Workloads
+---------
+``digits50``, ``digits360``
+    The digits MLP of ``sk_fastif.datasets.train_digits_net(0)`` (64-32-10 tanh, 2,410
+    parameters, 1,437 training points), the first 50 and all 360 held-out digits with their
+    **true** labels, damping 0.011 on the **Hessian**; reference: explicit float64 Hessian
+    (``torch.func.hessian``) and a Cholesky solve.
+``synth``
+    ``make_classification`` (20,000 training rows, 100 features, 10 classes), a 100-256-10 tanh
+    MLP (28,426 parameters) trained 5 epochs with skorch; 20 test points (true labels), damping
+    0.01 on the Hessian; reference: float64 CG over ``torch.func`` Hessian-vector products to
+    a relative residual of 1e-8. Explicit-Hessian methods are not attempted there.
+
+Usage
+-----
+Run with the Python of an environment where the peers are installed (below)::
+
+    python benchmarks/compare.py                  # every table, under an hour on 2 CPU cores
+    python benchmarks/compare.py --quick          # a few methods on digits50, a few minutes
+    python benchmarks/compare.py --workloads digits50 --methods ours:CG,pydvl:CG
+    python benchmarks/compare.py --retraining     # LOO correlation and LDS (see below)
+
+A method that fails to import, run, or stay within ``--mem-cap`` GiB or ``--timeout`` seconds
+is reported with its error in the table. Results go to ``benchmarks/results/compare.json``
+with the machine (CPU count, library versions); the trained nets and references are cached in
+``--cache-dir``.
+
+Peer environment
+----------------
+A separate virtual environment (Python 3.11), every ``pip`` call constrained to the torch
+build installed first (``-c constraints.txt`` holding ``torch==2.13.0``), in this order:
+
+1. ``torch==2.13.0`` (the CPU wheel);
+2. ``pip install -e .`` (sk_fastif and its dependencies);
+3. ``captum==0.9.0``, ``dattri==0.3.0``, ``kronfluence==1.0.1``;
+4. ``pydvl==0.10.0 --no-deps`` (it declares ``numpy<2`` but runs with numpy 2), then
+   ``zarr pandas more-itertools pyDeprecate dask[distributed]`` (pyDVL's imports; it does
+   not declare ``zarr``).
+
+Captum's Arnoldi class is imported from ``captum.influence._core.arnoldi_influence_function``.
+
+Curvature: every method uses the Hessian of the mean training loss and the same damping,
+except the EK-FAC ones (sk_fastif's, pyDVL's and Kronfluence's: Gauss-Newton / true Fisher;
+dattri's: empirical Fisher), which have no Hessian variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the _compare_* helpers
+sys.path.insert(1, str(HERE.parent))  # benchmark this checkout's sk_fastif
+
+import numpy as np  # noqa: E402
+from scipy.stats import pearsonr, spearmanr  # noqa: E402
+
+QUICK_METHODS = ["ours:Exact", "ours:CG", "ours:EKFAC", "pydvl:CG tuned", "captum:Arnoldi",
+                 "dattri:CG", "kronfluence:EK-FAC", "floor:per-sample grads"]
+PEERS = ["captum", "dattri", "kronfluence", "pydvl", "torch", "numpy", "scipy", "skorch",
+         "scikit-learn", "sk_fastif"]
+TOP = 10
+
+
+# ==================================================================================== worker
+def worker(name: str, workload_dir: str, result_dir: str) -> int:
+    """Run method ``name`` on a prepared workload and write ``scores.npy`` and ``meta.json``."""
+    out = Path(result_dir)
+    meta = {"method": name}
+    try:
+        import _compare_methods as cm
+        from _compare_workloads import load_workload
+
+        spec, data = load_workload(workload_dir)
+        scores, info, seconds = cm.timed(cm.METHODS[name].setup, spec, data)
+        meta["seconds"] = seconds
+        meta["rows"] = [int(i) for i in info.get("rows", range(spec["n_test"]))]
+        if scores is not None:
+            np.save(out / "scores.npy", scores)
+        if "mask" in info:
+            np.save(out / "mask.npy", info["mask"])
+    except BaseException as exc:  # reported, whatever it is
+        first = (str(exc).strip().splitlines() or [""])[0]
+        meta["error"] = f"{type(exc).__name__}: {first}"[:300]
+    (out / "meta.json").write_text(json.dumps(meta))
+    return 0
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_worker(name: str, workload_dir, *, mem_cap_gib: float, timeout: float) -> dict:
+    """Run one method in a child process, watching its memory and time.
+
+    Returns a dict with ``seconds`` (measured in the child), ``peak_mib`` (``ru_maxrss`` of the
+    child, from :func:`os.wait4`), ``scores`` / ``mask`` / ``rows`` when it succeeded and
+    ``error`` (one line) when it failed, was killed above the cap or timed out.
+    """
+    result_dir = Path(tempfile.mkdtemp(prefix="compare_"))
+    log = open(result_dir / "log.txt", "w")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
+           "--workload-dir", str(workload_dir), "--result-dir", str(result_dir)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    cap_kib = int(mem_cap_gib * 1024 ** 2)
+    t0 = time.perf_counter()
+    killed = None
+    rss_peak = 0
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        rss = _rss_kib(proc.pid)
+        rss_peak = max(rss_peak, rss)
+        if killed is None and rss > cap_kib:
+            killed = f"killed: memory above the cap of {mem_cap_gib:g} GiB"
+        elif killed is None and time.perf_counter() - t0 > timeout:
+            killed = f"killed: timeout after {timeout:g} s"
+        if killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pid, status, rusage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    log.close()
+    res = {"peak_mib": max(rusage.ru_maxrss, rss_peak) / 1024, "wall_s": time.perf_counter() - t0}
+    meta_path = result_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if killed:
+        res["error"] = killed
+    elif "error" in meta:
+        res["error"] = meta["error"]
+    elif not meta:
+        tail = (result_dir / "log.txt").read_text().strip().splitlines()
+        res["error"] = f"exit {proc.returncode}: {(tail or [''])[-1][:200]}"
+    else:
+        res["seconds"] = meta["seconds"]
+        res["rows"] = meta["rows"]
+        if (result_dir / "scores.npy").exists():
+            res["scores"] = np.load(result_dir / "scores.npy")
+        if (result_dir / "mask.npy").exists():
+            res["mask"] = np.load(result_dir / "mask.npy")
+    shutil.rmtree(result_dir, ignore_errors=True)
+    return res
+
+
+# =================================================================================== metrics
+def agreement(S: np.ndarray, R: np.ndarray, rows, mask=None) -> dict:
+    """Agreement of scores ``S`` with the reference ``R`` over the test rows ``rows``.
+
+    Per test row, over the training points scored (``mask``) with a finite score: Pearson,
+    Spearman and the overlap of the 10 most helpful (largest score) training points with the
+    reference's 10 most helpful among all training points (so a pruned method is charged
+    for the top points outside its candidates). Means over the rows; ``n_nonfinite`` counts
+    the NaN/inf scores among those scored.
+    """
+    pear, spear, top = [], [], []
+    n_nonfinite = 0
+    for i in rows:
+        scored = np.ones(S.shape[1], bool) if mask is None else mask[i]
+        finite = np.isfinite(S[i]) & scored
+        n_nonfinite += int(np.sum(scored & ~np.isfinite(S[i])))
+        if finite.sum() < 3:
+            pear.append(np.nan)
+            spear.append(np.nan)
+            top.append(np.nan)
+            continue
+        s, r = S[i, finite], R[i, finite]
+        pear.append(pearsonr(s, r)[0] if np.ptp(s) > 0 else np.nan)
+        spear.append(spearmanr(s, r)[0] if np.ptp(s) > 0 else np.nan)
+        idx = np.flatnonzero(finite)
+        ours = set(idx[np.argsort(-s)[:TOP]].tolist())
+        ref = set(np.argsort(-R[i])[:TOP].tolist())
+        top.append(len(ours & ref) / TOP)
+    mean = (lambda v: float(np.mean(v)) if len(v) else float("nan"))
+    return {"pearson": mean(pear), "spearman": mean(spear), "top10": mean(top),
+            "n_nonfinite": n_nonfinite}
+
+
+# ================================================================================ the tables
+def _fmt(v, spec="{:.3f}"):
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else spec.format(v)
+
+
+def table(workload: str, rows: list[dict]) -> str:
+    """One markdown table of a workload's results."""
+    lines = [f"### {workload}", "",
+             "| method | time s | peak MiB | Pearson | Spearman | top-10 | note |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        note = r.get("error") or r.get("note", "")
+        if r.get("error") and r.get("note"):
+            note = f"{r['error']} ({r['note']})"
+        lines.append(f"| {r['method']} | {_fmt(r.get('seconds'), '{:.2f}')} | "
+                     f"{_fmt(r.get('peak_mib'), '{:.0f}')} | {_fmt(r.get('pearson'), '{:.4f}')} | "
+                     f"{_fmt(r.get('spearman'), '{:.4f}')} | {_fmt(r.get('top10'), '{:.2f}')} | "
+                     f"{note} |")
+    return "\n".join(lines)
+
+
+def speedup(rows: list[dict], threshold: float = 0.99) -> dict | None:
+    """Fastest peer at Pearson >= threshold over our fastest at it, and the memory ratio."""
+    def best(pred):
+        ok = [r for r in rows if pred(r) and r.get("seconds") is not None
+              and (r.get("pearson") or 0) >= threshold]
+        return min(ok, key=lambda r: r["seconds"]) if ok else None
+    ours = best(lambda r: r["library"] == "sk_fastif")
+    peer = best(lambda r: r["library"] not in ("sk_fastif", "floor"))
+    if ours is None or peer is None:
+        return {"ours": ours and ours["method"], "peer": peer and peer["method"]}
+    return {"ours": ours["method"], "peer": peer["method"],
+            "time_ratio": peer["seconds"] / ours["seconds"],
+            "memory_ratio": ours["peak_mib"] / peer["peak_mib"]}
+
+
+def machine() -> dict:
+    """CPU count, platform and the versions of the libraries compared."""
+    versions = {}
+    for pkg in PEERS:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+# ====================================================================================== main
+def run_workload(name: str, methods: list[str], args, log=print) -> dict:
+    """Prepare workload ``name``, run every method on it and score the results."""
+    import _compare_methods as cm
+    from _compare_workloads import load_workload, prepare, reference
+
+    work_dir = prepare(name, args.cache_dir, log=log)
+    spec, data = load_workload(work_dir)
+    R = reference(spec, data)
+    rows = []
+    for m in methods:
+        meth = cm.METHODS[m]
+        row = {"method": m, "library": meth.library, "note": meth.note}
+        if spec["net"] in meth.skip:
+            row["error"] = meth.skip[spec["net"]]
+            rows.append(row)
+            log(f"  {m}: {row['error']}")
+            continue
+        res = run_worker(m, work_dir, mem_cap_gib=args.mem_cap, timeout=args.timeout)
+        row.update({k: res[k] for k in ("seconds", "peak_mib", "error") if k in res})
+        if "scores" in res:
+            row.update(agreement(res["scores"], R, res["rows"], res.get("mask")))
+            if row["n_nonfinite"]:
+                row["note"] = f"{row['n_nonfinite']} NaN/inf scores (silently); " + row["note"]
+            if len(res["rows"]) < spec["n_test"]:
+                row["note"] += f" [agreement on {len(res['rows'])} test points]"
+        log(f"  {m}: " + ", ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float)
+                                   else f"{k}={row[k]}" for k in row if k != "note"))
+        rows.append(row)
+    spec.pop("dir", None)
+    return {"spec": spec, "rows": rows, "speedup": speedup(rows)}
+
+
+def main(argv=None) -> int:
+    """Command line: see the module docstring."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", default=None, help="comma-separated (default: all)")
+    p.add_argument("--methods", default=None, help="comma-separated names (default: all)")
+    p.add_argument("--quick", action="store_true", help="a few methods on digits50")
+    p.add_argument("--retraining", action="store_true", help="LOO correlation and LDS table")
+    p.add_argument("--mem-cap", type=float, default=16.0, help="GiB per method")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per method")
+    p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "sk_fastif_compare"))
+    p.add_argument("--out", default=str(HERE / "results" / "compare.json"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--workload-dir", help=argparse.SUPPRESS)
+    p.add_argument("--result-dir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.workload_dir, args.result_dir)
+
+    import _compare_methods as cm
+    from _compare_workloads import WORKLOADS
+
+    if args.retraining:
+        from _compare_retraining import main as retraining_main
+        return retraining_main(args)
+    workloads = (args.workloads.split(",") if args.workloads
+                 else ["digits50"] if args.quick else list(WORKLOADS))
+    methods = (args.methods.split(",") if args.methods
+               else QUICK_METHODS if args.quick else list(cm.METHODS))
+    unknown = [m for m in methods if m not in cm.METHODS] + [
+        w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown methods or workloads {unknown}; methods: {list(cm.METHODS)}")
+    result = {"machine": machine(), "settings": {"mem_cap_gib": args.mem_cap,
+                                                 "timeout_s": args.timeout,
+                                                 "quick": args.quick},
+              "workloads": {}}
+    for w in workloads:
+        print(f"[{w}]", flush=True)
+        result["workloads"][w] = run_workload(w, methods, args,
+                                              log=lambda s: print(s, flush=True))
+    print()
+    for w, res in result["workloads"].items():
+        print(table(w, res["rows"]))
+        sp = res["speedup"]
+        if sp and "time_ratio" in sp:
+            print(f"\nFastest peer at Pearson >= 0.99 ({sp['peer']}) / our fastest "
+                  f"({sp['ours']}): {sp['time_ratio']:.1f}x the time; our peak memory / "
+                  f"that peer's: {sp['memory_ratio']:.2f}\n")
+        else:
+            print(f"\nNo ratio: fastest at Pearson >= 0.99 ours={sp['ours']}, "
+                  f"peer={sp['peer']}\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,7 +160,7 @@ def _flat_hvp(spec, data, chunk=5000):
         tangent = unflat(v)
         for i in range(0, len(X), chunk):
             Xi, yi = X[i:i + chunk], y[i:i + chunk]
-            _, hv = jvp(lambda p: grad(loss)(p, Xi, yi), (params,), (tangent,))
+            _, hv = jvp(lambda p, Xi=Xi, yi=yi: grad(loss)(p, Xi, yi), (params,), (tangent,))
             out += torch.cat([hv[k].reshape(-1) for k in names]) * (len(Xi) / len(X))
         return out
 
@@ -253,7 +253,8 @@ def _cg(A, b, *, rtol, max_iter=5000, log=print):
     p = r.clone()
     rs = r @ r
     target = (rtol * b.norm()) ** 2
-    for it in range(max_iter):
+    it = 0
+    for it in range(max_iter):  # noqa: B007 (reported below)
         Ap = A(p)
         curv = p @ Ap
         if curv <= 0:

@@ -204,7 +204,9 @@ def agreement(S: np.ndarray, R: np.ndarray, rows, mask=None) -> dict:
         ours = set(idx[np.argsort(-s)[:TOP]].tolist())
         ref = set(np.argsort(-R[i])[:TOP].tolist())
         top.append(len(ours & ref) / TOP)
-    mean = (lambda v: float(np.mean(v)) if len(v) else float("nan"))
+
+    def mean(v):
+        return float(np.mean(v)) if len(v) else float("nan")
     return {"pearson": mean(pear), "spearman": mean(spear), "top10": mean(top),
             "n_nonfinite": n_nonfinite}
 
@@ -329,13 +331,20 @@ def main(argv=None) -> int:
               "workloads": {}}
     for w in workloads:
         print(f"[{w}]", flush=True)
-        result["workloads"][w] = run_workload(w, methods, args,
-                                              log=lambda s: print(s, flush=True))
+        try:
+            result["workloads"][w] = run_workload(w, methods, args,
+                                                  log=lambda s: print(s, flush=True))
+        except Exception as exc:  # a workload that cannot be prepared is reported
+            print(f"  workload {w} failed: {type(exc).__name__}: {exc}", flush=True)
+            result["workloads"][w] = {"error": f"{type(exc).__name__}: {exc}", "rows": [],
+                                      "speedup": None}
     print()
     for w, res in result["workloads"].items():
         print(table(w, res["rows"]))
         sp = res["speedup"]
-        if sp and "time_ratio" in sp:
+        if sp is None:
+            print(f"\n{res.get('error')}\n")
+        elif "time_ratio" in sp:
             print(f"\nFastest peer at Pearson >= 0.99 ({sp['peer']}) / our fastest "
                   f"({sp['ours']}): {sp['time_ratio']:.1f}x the time; our peak memory / "
                   f"that peer's: {sp['memory_ratio']:.2f}\n")

@@ -338,6 +338,8 @@ def main(argv=None) -> int:
             print(f"  workload {w} failed: {type(exc).__name__}: {exc}", flush=True)
             result["workloads"][w] = {"error": f"{type(exc).__name__}: {exc}", "rows": [],
                                       "speedup": None}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # saved as it goes
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
     print()
     for w, res in result["workloads"].items():
         print(table(w, res["rows"]))

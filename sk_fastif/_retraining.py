@@ -17,11 +17,21 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _net
 from ._gradients import NetBridge
+from ._validation import n_samples
 
 
-def _dense_scores(explainer, X_test, y_test) -> np.ndarray:
-    scores = explainer.influences(X_test, y_test)
-    return scores.toarray() if sparse.issparse(scores) else np.asarray(scores, dtype=np.float64)
+def _dense_scores(explainer, X_test, y_test, scores=None) -> np.ndarray:
+    if scores is None:
+        scores = explainer.influences(X_test, y_test)
+        return scores.toarray() if sparse.issparse(scores) else np.asarray(scores, np.float64)
+    scores = scores.toarray() if sparse.issparse(scores) else np.asarray(scores, np.float64)
+    shape = (n_samples(X_test, "X_test"), explainer.n_train_)
+    if scores.shape != shape:
+        raise ValueError(f"scores must have shape (n_test, n_train) = {shape}; "
+                         f"got {scores.shape}.")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinite values.")
+    return scores
 
 
 def _check(explainer, X, y) -> int:
@@ -59,7 +69,7 @@ def _test_losses(net, Xt: torch.Tensor, yt: torch.Tensor) -> np.ndarray:
 
 def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=None,
                               refit: Callable | None = None, method: str = "pearson",
-                              random_state=None) -> Bunch:
+                              random_state=None, scores=None) -> Bunch:
     """Correlation of predicted and actual test-loss changes when single points are left out.
 
     For each training index ``j`` in ``indices`` the net is trained again on the other rows
@@ -84,6 +94,10 @@ def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=N
         The correlation over all (left-out point, test point) pairs.
     random_state : int, RandomState instance or None, default=None
         Draws ``indices`` when None and seeds the default ``refit``.
+    scores : array-like of shape (n_test, n_train) or None, default=None
+        Precomputed scores to evaluate (another method's, in this library's sign convention:
+        positive = helpful, with the ``1/n`` factor); None computes the explainer's own
+        :meth:`influences`. The explainer still provides the net, the loss and the checks.
 
     Returns
     -------
@@ -123,7 +137,7 @@ def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=N
     if method not in ("pearson", "spearman"):
         raise ValueError(f'method must be "pearson" or "spearman"; got {method!r}.')
     refit = _default_refit(explainer, rng) if refit is None else refit
-    scores = _dense_scores(explainer, X_test, y_test)
+    scores = _dense_scores(explainer, X_test, y_test, scores)
     Xt, yt = explainer.as_engine_input(X_test, y_test)
     X, y = np.asarray(X), np.asarray(y)
     base = _test_losses(explainer.net_, Xt, yt)
@@ -139,7 +153,7 @@ def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=N
 
 def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets: int = 50,
                               fraction: float = 0.5, refit: Callable | None = None,
-                              random_state=None) -> Bunch:
+                              random_state=None, scores=None) -> Bunch:
     """The linear datamodeling score (LDS) of an explainer's scores.
 
     Draws ``n_subsets`` random subsets of ``fraction * n`` training rows, trains the net again
@@ -165,6 +179,10 @@ def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets
         explainer's net.
     random_state : int, RandomState instance or None, default=None
         Draws the subsets and seeds the default ``refit``.
+    scores : array-like of shape (n_test, n_train) or None, default=None
+        Precomputed scores to evaluate (another method's, in this library's sign convention:
+        positive = helpful, with the ``1/n`` factor); None computes the explainer's own
+        :meth:`influences`. The explainer still provides the net, the loss and the checks.
 
     Returns
     -------
@@ -202,7 +220,7 @@ def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets
                          f"got fraction={fraction!r} ({m} rows).")
     rng = check_random_state(random_state)
     refit = _default_refit(explainer, rng) if refit is None else refit
-    scores = _dense_scores(explainer, X_test, y_test)
+    scores = _dense_scores(explainer, X_test, y_test, scores)
     Xt, yt = explainer.as_engine_input(X_test, y_test)
     X, y = np.asarray(X), np.asarray(y)
     base = _test_losses(explainer.net_, Xt, yt)

@@ -84,3 +84,24 @@ def test_bad_input_is_refused(convex):
     with pytest.raises(ValueError, match="method"):
         leave_one_out_correlation(expl, X, y, X[:2], y[:2], indices=[1, 2], method="kendall",
                                   refit=refit)
+
+
+def test_precomputed_scores_are_evaluated_against_the_same_refits(convex):
+    expl, X, y, refit = convex
+    own = expl.influences(X[:4], y[:4])
+    kw = dict(indices=range(0, 30, 3), refit=refit)
+    base = leave_one_out_correlation(expl, X, y, X[:4], y[:4], **kw)
+    flipped = leave_one_out_correlation(expl, X, y, X[:4], y[:4], scores=-own, **kw)
+    np.testing.assert_allclose(flipped.actual, base.actual)
+    assert flipped.score == pytest.approx(-base.score)  # Pearson of the negated predictions
+    # a method that knows nothing: gradient-free scores predict no LDS
+    noise = np.random.default_rng(0).normal(size=own.shape) * np.abs(own).mean()
+    lds = linear_datamodeling_score(expl, X, y, X[:4], y[:4], n_subsets=20, refit=refit,
+                                    random_state=0, scores=noise)
+    good = linear_datamodeling_score(expl, X, y, X[:4], y[:4], n_subsets=20, refit=refit,
+                                     random_state=0, scores=own)
+    assert good.score > lds.score + 0.4
+    with pytest.raises(ValueError, match=r"shape \(n_test, n_train\)"):
+        leave_one_out_correlation(expl, X, y, X[:4], y[:4], scores=own[:, :5], **kw)
+    with pytest.raises(ValueError, match="NaN"):
+        leave_one_out_correlation(expl, X, y, X[:4], y[:4], scores=own * np.nan, **kw)

@@ -1,6 +1,7 @@
 """The gallery examples that draw with sk_fastif.plotting run end to end and show what they say."""
 
 import runpy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,4 +69,15 @@ def test_text_example(run_example):
     shares = ns["shares"]
     # the most helpful pairs of the challenge errors break the shortcut more often than chance
     assert shares["helpful (all pairs scored)"] > 2 * shares["all training pairs"]
+    assert ns["explainer"].n_params_ < sum(p.numel() for p in ns["net"].module_.parameters())
+
+
+def test_bert_example(run_example):
+    pytest.importorskip("transformers")
+    with warnings.catch_warnings():
+        # the 4-D mask keeps every per-sample gradient in vmap: no fallback to per-sample loops
+        warnings.filterwarnings("error", message=".*falling back to slower per-sample loops")
+        ns = run_example("plot_explain_bert.py")
+    shares = ns["shares"]
+    assert shares["helpful (all pairs scored)"] > 1.5 * shares["all training pairs"]
     assert ns["explainer"].n_params_ < sum(p.numel() for p in ns["net"].module_.parameters())

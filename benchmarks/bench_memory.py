@@ -19,6 +19,10 @@ Gauss-Newton curvature, whose cost does not depend on ``n``; its ``scale`` is es
 ``scale="auto"`` on a 5,000-row subsample (the automatic rule on all rows would spend 30 full
 passes over the data on power iterations) and passed as a number.
 
+``--inputs array dict dataset`` measures the same runs with the training data given as a dict
+(``{"X": X}``, passed to the module by keyword) and as a map-style Dataset read one row at a
+time, e.g. ``--sizes 10000 100000 --batch-sizes 256 --inputs array dict dataset``.
+
 Run: ``python benchmarks/bench_memory.py`` (about 10 minutes on two CPU cores, most of it the
 1,000,000-row run; ``--sizes 100000`` for a 4-minute run).
 """
@@ -96,6 +100,30 @@ def prepare(n: int, workdir: Path) -> dict:
     return {"scale": 2.0 * float(probe.solver_.scale_), "n_params": probe.n_params_}
 
 
+class _Rows:
+    """A map-style Dataset over in-memory rows, read one item at a time."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], self.y[i]
+
+
+def _as_kind(X, y, kind: str):
+    """The training data as the user would pass it: an array, a dict or a Dataset."""
+    if kind == "dict":  # the module's forward argument, by name
+        return {"X": X}, y
+    if kind == "dataset":
+        import torch
+
+        return type("Rows", (_Rows, torch.utils.data.Dataset), {})(X, y), None
+    return X, y
+
+
 def child(args) -> None:
     """One measured configuration (runs in its own process)."""
     import torch
@@ -117,10 +145,12 @@ def child(args) -> None:
     t0 = time.perf_counter()
     if args.method == "sk_fastif":
         solver = LiSSA(damping=1e-2, scale=args.scale, depth=args.depth, batch_size=32)
+        Xk, yk = _as_kind(X, y, args.input)
         expl = InfluenceExplainer(net, solver=solver, curvature="gauss_newton",
-                                  batch_size=args.batch_size, random_state=0).fit(X, y)
+                                  batch_size=args.batch_size, random_state=0).fit(Xk, yk)
         t_fit = time.perf_counter() - t0
-        ex = expl.explain(X_test, k=10)
+        ex = expl.explain(_as_kind(X_test, None, args.input)[0] if args.input == "dict"
+                          else X_test, k=10)
         top = ex.helpful_indices[:, 0].tolist()
     else:  # naive: every training gradient in one (n, n_params) matrix
         solver = LiSSA(damping=1e-2, scale=args.scale, depth=args.depth, batch_size=32)
@@ -146,8 +176,9 @@ def _run(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_child(n, method, batch_size, info, args, workdir) -> dict:
+def run_child(n, method, batch_size, info, args, workdir, kind="array") -> dict:
     return _run("--child", "--n", str(n), "--method", method, "--batch-size", str(batch_size),
+                "--input", kind,
                 "--scale", repr(info["scale"]), "--depth", str(args.depth),
                 "--threads", str(args.threads), "--workdir", str(workdir))
 
@@ -161,6 +192,11 @@ def main(argv=None) -> None:
                              "gradients: about 11 GiB at 1,000,000 rows)")
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--inputs", nargs="+", default=["array"],
+                        choices=["array", "dict", "dataset"],
+                        help="the kinds of training input to measure (the extra kinds run "
+                             "with batch_size 256 at every size)")
+    parser.add_argument("--input", default="array", help=argparse.SUPPRESS)
     # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -185,14 +221,16 @@ def main(argv=None) -> None:
             # starts from the peak of the process that launched it
             info = _run("--prepare", "--n", str(n), "--workdir", str(workdir))
             P = info["n_params"]
-            configs = [("sk_fastif", 256)]
-            if i == 0:  # growth with batch_size, at the smallest size
-                configs = [("sk_fastif", b) for b in args.batch_sizes]
+            configs = [("sk_fastif", 256, "array")] if "array" in args.inputs else []
+            if i == 0 and "array" in args.inputs:  # growth with batch_size, at the smallest size
+                configs = [("sk_fastif", b, "array") for b in args.batch_sizes]
+            configs += [("sk_fastif", 256, k) for k in args.inputs if k != "array"]
             if i == 0 or args.naive_large:
-                configs.append(("naive", 256))
-            for method, batch_size in configs:
-                res = run_child(n, method, batch_size, info, args, workdir)
-                rows.append({"n": n, "P": P, "method": method, "batch_size": batch_size, **res})
+                configs.append(("naive", 256, "array"))
+            for method, batch_size, kind in configs:
+                res = run_child(n, method, batch_size, info, args, workdir, kind)
+                rows.append({"n": n, "P": P, "method": method, "batch_size": batch_size,
+                             "input": kind, **res})
                 print(f"  done: n={n:,} {method} batch_size={batch_size}: "
                       f"+{res['peak'] - res['baseline']:.0f} MiB in {res['t_total']:.1f} s",
                       file=sys.stderr)
@@ -203,15 +241,17 @@ def main(argv=None) -> None:
           f"LiSSA depth {args.depth}; {args.threads} threads. Baseline: RSS after loading data "
           f"and net{', peak reset there' if reset else ' (peak so far: no reset on this OS)'}."
           "\n")
-    print("| n_train | method | batch_size | data (MiB) | n x P float32 (MiB) | baseline RSS (MiB) "
-          "| peak RSS (MiB) | growth (MiB) | growth vs naive | fit (s) | fit + explain (s) |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| n_train | method | input | batch_size | data (MiB) | n x P float32 (MiB) "
+          "| baseline RSS (MiB) | peak RSS (MiB) | growth (MiB) | growth vs naive | fit (s) "
+          "| fit + explain (s) |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         growth = r["peak"] - r["baseline"]
         data = r["n"] * (N_FEATURES * 4 + 8) / 2**20
         full = r["n"] * r["P"] * 4 / 2**20
         ratio = f"{growth / naive[r['n']]:.2f}" if r["n"] in naive else "n/a"
-        print(f"| {r['n']:,} | {r['method']} | {r['batch_size']} | {data:.0f} | {full:.0f} | "
+        print(f"| {r['n']:,} | {r['method']} | {r['input']} | {r['batch_size']} | {data:.0f} | "
+              f"{full:.0f} | "
               f"{r['baseline']:.0f} | {r['peak']:.0f} | {growth:.0f} | {ratio} | "
               f"{r['t_fit']:.1f} | {r['t_total']:.1f} |")
 

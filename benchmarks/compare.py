@@ -44,9 +44,9 @@ A separate virtual environment (Python 3.11), every ``pip`` call constrained to 
 build installed first (``-c constraints.txt`` holding ``torch==2.13.0``), in this order:
 
 1. ``torch==2.13.0`` (the CPU wheel);
-2. ``pip install -e .`` (sk_fastif and its dependencies);
-3. ``captum==0.9.0``, ``dattri==0.3.0``, ``kronfluence==1.0.1``;
-4. ``pydvl==0.10.0 --no-deps`` (it declares ``numpy<2`` but runs with numpy 2), then
+2. ``pip install -e ".[bench]"`` (sk_fastif, its dependencies and the ``bench`` extra:
+   ``captum==0.9.0``, ``dattri==0.3.0``, ``kronfluence==1.0.1``, ``dask[distributed]``);
+3. ``pydvl==0.10.0 --no-deps`` (it declares ``numpy<2`` but runs with numpy 2), then
    ``zarr pandas more-itertools pyDeprecate dask[distributed]`` (pyDVL's imports; it does
    not declare ``zarr``).
 

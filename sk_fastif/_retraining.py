@@ -21,10 +21,11 @@ from ._validation import n_samples
 
 
 def _dense_scores(explainer, X_test, y_test, scores=None) -> np.ndarray:
-    if scores is None:
-        scores = explainer.influences(X_test, y_test)
-        return scores.toarray() if sparse.issparse(scores) else np.asarray(scores, np.float64)
+    given = scores is not None
+    scores = scores if given else explainer.influences(X_test, y_test)
     scores = scores.toarray() if sparse.issparse(scores) else np.asarray(scores, np.float64)
+    if not given:
+        return scores
     shape = (n_samples(X_test, "X_test"), explainer.n_train_)
     if scores.shape != shape:
         raise ValueError(f"scores must have shape (n_test, n_train) = {shape}; "

@@ -142,6 +142,14 @@ method("ours:CG", "sk_fastif", "default tol=1e-6, max_iter=100")(
     _ours(lambda lam, spec: _solvers().CG(damping=lam)))
 method("ours:CG tol=1e-4", "sk_fastif", "tol=1e-4")(
     _ours(lambda lam, spec: _solvers().CG(damping=lam, tol=1e-4)))
+method("ours:CG tol=1e-2", "sk_fastif", "tol=1e-2")(
+    _ours(lambda lam, spec: _solvers().CG(damping=lam, tol=1e-2)))
+method("ours:CG ekfac", "sk_fastif", "EK-FAC-preconditioned, tol=1e-4")(
+    _ours(lambda lam, spec: _solvers().CG(damping=lam, tol=1e-4, preconditioner="ekfac")))
+method("ours:CG ekfac tol=1e-2", "sk_fastif", "EK-FAC-preconditioned, tol=1e-2")(
+    _ours(lambda lam, spec: _solvers().CG(damping=lam, tol=1e-2, preconditioner="ekfac")))
+method("ours:CG ekfac 4 it", "sk_fastif", "EK-FAC-preconditioned, max_iter=4")(
+    _ours(lambda lam, spec: _solvers().CG(damping=lam, max_iter=4, preconditioner="ekfac")))
 method("ours:LiSSA", "sk_fastif", "default: auto scale and depth, batch 32")(
     _ours(lambda lam, spec: _solvers().LiSSA(damping=lam, random_state=0)))
 method("ours:LiSSA tuned", "sk_fastif", "batch 256, depth auto")(
@@ -186,6 +194,9 @@ method("pydvl:CG", "pydvl", "default rtol=1e-4")(_pydvl(
 method("pydvl:CG tuned", "pydvl", "rtol=1e-7, atol=1e-9, block CG")(_pydvl(
     lambda m, loss, lam, spec: _dvl().CgInfluence(m, loss, regularization=lam, rtol=1e-7,
                                                   atol=1e-9, solve_simultaneously=True)))
+method("pydvl:CG rtol=1e-2", "pydvl", "rtol=1e-2, block CG (ours:CG tol=1e-2's tolerance)")(
+    _pydvl(lambda m, loss, lam, spec: _dvl().CgInfluence(
+        m, loss, regularization=lam, rtol=1e-2, solve_simultaneously=True)))
 method("pydvl:LiSSA", "pydvl", "default scale=10, maxiter=1000, batch 64", )(_pydvl(
     lambda m, loss, lam, spec: _dvl().LissaInfluence(m, loss, regularization=lam),
     loader_batch=64))
@@ -279,8 +290,8 @@ method("dattri:explicit", "dattri", "explicit Hessian", _EXPLICIT)(_dattri(
     lambda task, lam, spec: _dt().IFAttributorExplicit(task, regularization=lam)))
 method("dattri:CG", "dattri", "default max_iter=10")(_dattri(
     lambda task, lam, spec: _dt().IFAttributorCG(task, regularization=lam)))
-method("dattri:CG tuned", "dattri", "max_iter=100")(_dattri(
-    lambda task, lam, spec: _dt().IFAttributorCG(task, regularization=lam, max_iter=100)))
+method("dattri:CG tuned", "dattri", "max_iter=20 (at 100: NaN and > 4 GiB on digits)")(_dattri(
+    lambda task, lam, spec: _dt().IFAttributorCG(task, regularization=lam, max_iter=20)))
 method("dattri:LiSSA", "dattri", "default scaling=50, depth=5000, batch 1; d=lam/50")(_dattri(
     lambda task, lam, spec: _dt().IFAttributorLiSSA(task, damping=lam / 50.0)))
 method("dattri:LiSSA tuned", "dattri", "scaling=2(mu_max+lam), depth=1000, batch 64")(_dattri(

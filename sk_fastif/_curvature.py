@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,13 +14,9 @@ import numpy as np
 import torch
 from torch.func import grad, jvp, vjp, vmap
 
-from ._gradients import VMAP_ERRORS, samples
+from ._gradients import FORWARD_AD_LOCK, VMAP_ERRORS, samples
 
 __all__ = ["CurvatureOperator", "CurvatureProducts", "TrainingData"]
-
-# torch.func.jvp enters a process-wide forward-AD level: two threads computing Gauss-Newton
-# products at once break each other's (the threading backend of joblib runs workers as threads).
-_FORWARD_AD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -145,7 +140,7 @@ class CurvatureProducts:
 
     def _batch_ggn(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Products of the Gauss-Newton matrix of the mean loss over (X, y) with each row of V."""
-        with _FORWARD_AD_LOCK:  # torch's forward-mode AD levels are shared by all threads
+        with FORWARD_AD_LOCK:  # torch's forward-mode AD levels are shared by all threads
             if self.bridge.use_vmap:
                 try:
                     return self._batch_ggn_vmap(V, X, y)

@@ -302,6 +302,25 @@ class InfluenceEngine:
                 val.check_finite_gradients(G, what="training point", rows=rows[sl])
             yield sl, G
 
+    def _iter_products(self, S: torch.Tensor, X, y: torch.Tensor, desc: str,
+                       rows: np.ndarray | None, what: str = "training point"
+                       ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Stream ``S @ G.T`` over chunks of (X, y) (forward mode for few rows of ``S``).
+
+        A chunk whose products are not finite has its gradients checked, which names the
+        rows (reported by ``rows``) whose gradient is not finite.
+        """
+        it = self.bridge.iter_products(S, X, y)
+        if self.verbose:
+            it = tqdm(it, total=-(-rows_of.n_rows(X) // self.bridge.batch_size), desc=desc,
+                      leave=False)
+        for sl, P in it:
+            if not bool(torch.isfinite(P).all()):
+                _, G = next(self.bridge.iter_gradients(rows_of.take(X, sl), y[sl]))
+                val.check_finite_gradients(G, what=what, offset=sl.start,
+                                           rows=None if rows is None else rows[sl])
+            yield sl, P
+
     def _train_rows(self, rows) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
         if rows is None:
             return self.X_train, self.y_train, None
@@ -341,8 +360,8 @@ class InfluenceEngine:
         """
         X, y, index = self._train_rows(rows)
         out = np.empty((len(S), len(y)), dtype=np.float64)
-        for sl, G in self._iter_gradients(X, y, "training gradients", index):
-            out[:, sl] = (S @ G.T).cpu().numpy()
+        for sl, P in self._iter_products(S, X, y, "training gradients", index):
+            out[:, sl] = P.cpu().numpy()
         return out / self.n_train
 
     def score_data(self, S: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -353,9 +372,8 @@ class InfluenceEngine:
         (its up-weighting, with the opposite sign, for a pool of candidate data).
         """
         out = np.empty((len(S), len(y)), dtype=np.float64)
-        for sl, G in self.bridge.iter_gradients(X, y):
-            val.check_finite_gradients(G, what="point", offset=sl.start)
-            out[:, sl] = (S @ G.T).cpu().numpy()
+        for sl, P in self._iter_products(S, X, y, "gradients", None, what="point"):
+            out[:, sl] = P.cpu().numpy()
         return out / self.n_train
 
     def score_candidates(self, S: torch.Tensor, C: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from skorch import NeuralNetClassifier, NeuralNetRegressor
 
 from sk_fastif import InfluenceExplainer
 from sk_fastif.datasets import train_digits_net
-from sk_fastif.solvers import EKFAC, CurvatureOperator, Exact
+from sk_fastif.solvers import CG, EKFAC, CurvatureOperator, Exact
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,52 @@ def test_ekfac_with_sampled_probes_is_deterministic_for_an_int_seed(linear_regre
     a = InfluenceExplainer(net, solver=EKFAC(mc_samples=2, random_state=3)).fit(X, y)
     b = InfluenceExplainer(net, solver=EKFAC(mc_samples=2, random_state=3)).fit(X, y)
     np.testing.assert_array_equal(a.influences(X[:3], y[:3]), b.influences(X[:3], y[:3]))
+
+
+# ------------------------------------------------------------- EK-FAC as CG's preconditioner
+def test_ekfac_preconditioned_cg_is_exact_in_one_iteration_where_ekfac_is_exact(
+        linear_regression):
+    # one Linear layer under squared loss: the preconditioner is (H + λI)^-1 itself, so
+    # preconditioned CG lands on the exact answer after one product
+    net, X, y = linear_regression
+    lam = 0.01
+    expl = InfluenceExplainer(net, solver=CG(damping=lam, preconditioner="ekfac", tol=1e-10))
+    expl.fit(X, y)
+    got = expl.influence_factors(X[:5], y[:5])
+    A = np.hstack([X, np.ones((len(X), 1))])
+    w, b = (p.detach().numpy().ravel() for p in net.module_.parameters())
+    G = 2 * (A[:5] @ np.r_[w, b] - y[:5, 0])[:, None] * A[:5]
+    want = np.linalg.solve(2 * A.T @ A / len(X) + lam * np.eye(5), G.T).T
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert expl.last_solve_.n_iter == 1
+    assert [f.block.shape for f in expl.solver_.preconditioner_factors_] == [(1, 5)]
+
+
+def test_ekfac_preconditioned_cg_solves_the_exact_hessian_system_in_fewer_iterations():
+    net, X, Xte, y, yte = train_digits_net(0)
+    lam = 0.011
+    exact = InfluenceExplainer(net, solver=Exact(damping=lam), curvature="hessian").fit(X, y)
+    want = exact.influence_factors(Xte[:8], yte[:8])
+    iters = {}
+    for pre in (None, "ekfac"):
+        expl = InfluenceExplainer(net, solver=CG(damping=lam, tol=1e-5, preconditioner=pre),
+                                  curvature="hessian").fit(X, y)
+        got = expl.influence_factors(Xte[:8], yte[:8])
+        # the same exact answer either way (float32 products): the preconditioner changes
+        # the path, not the solution
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
+        iters[pre] = expl.last_solve_.n_iter
+    assert iters["ekfac"] < iters[None]
+
+
+def test_ekfac_preconditioner_refuses_what_it_cannot_factor():
+    H = torch.eye(3, dtype=torch.float64)
+    op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, i: V @ H, n_params=3,
+                           n_samples=10, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r'CG\(preconditioner="ekfac"\) needs the net'):
+        CG(preconditioner="ekfac").prepare(op)
+    with pytest.raises(ValueError, match="preconditioner"):
+        CG(preconditioner="kfac").prepare(op)
+    # plain CG on the same operator is fine
+    res = CG(damping=1.0).solve(op, torch.ones(1, 3, dtype=torch.float64))
+    torch.testing.assert_close(res.solution, torch.full((1, 3), 0.5, dtype=torch.float64))

@@ -181,3 +181,69 @@ def test_fit_shows_the_progress_of_the_curvature_build(digits, digits_mlp, capsy
     err = capsys.readouterr().err
     assert "fit: curvature products" in err
     assert expl.engine_.is_prepared  # the counted operator had the same fingerprint
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_scoring_products_equal_the_explicit_ones_either_way(fitted, forward, monkeypatch):
+    # forward mode (few rows of S: no gradient block is formed) and the gradient block give
+    # the explicit S @ G.T, and the path taken is the one the limit says
+    from sk_fastif import _gradients
+
+    expl, _, _ = fitted
+    e = expl.engine_
+    calls = {"n": 0}
+    original = _gradients.NetBridge._forward_products
+
+    def counting(self, S, X, y):
+        calls["n"] += 1
+        return original(self, S, X, y)
+
+    monkeypatch.setattr(_gradients.NetBridge, "_forward_products", counting)
+    m = 5 if forward else _gradients.FORWARD_MAX_VECTORS + 1
+    S = torch.randn(m, e.n_params, generator=torch.Generator().manual_seed(0))
+    G = e.bridge.gradients(e.X_train, e.y_train).double()
+    expected = (S.double() @ G.T).numpy() / e.n_train
+    got = e.score_rows(S)
+    assert (calls["n"] > 0) == forward
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    rows = np.array([5, 0, 199, 42])
+    np.testing.assert_allclose(e.score_rows(S, rows), expected[:, rows], rtol=1e-4,
+                               atol=1e-6 * np.abs(expected).max())
+
+
+def test_forward_scoring_falls_back_to_gradients_when_vmap_fails(fitted, monkeypatch):
+    import copy
+
+    from sk_fastif import _gradients
+
+    expl, _, _ = fitted
+    bridge = copy.copy(expl.engine_.bridge)  # disable_vmap changes the copy only
+    S = torch.randn(4, bridge.n_params, generator=torch.Generator().manual_seed(1))
+    X, y = expl.engine_.X_train[:150], expl.engine_.y_train[:150]
+    expected = torch.cat([S @ G.T for _, G in bridge.iter_gradients(X, y)], dim=1)
+    seen = {"n": 0}
+
+    def second_chunk_fails(self, S, X, y):
+        seen["n"] += 1
+        if seen["n"] == 2:
+            raise RuntimeError("vmap: no batching rule for this operation")
+        return original(self, S, X, y)
+
+    original = _gradients.NetBridge._forward_products
+    monkeypatch.setattr(_gradients.NetBridge, "_forward_products", second_chunk_fails)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        parts = list(bridge.iter_products(S, X, y))
+    assert [sl.start for sl, _ in parts] == [0, 64, 128]  # every chunk once, in order
+    assert not bridge.use_vmap
+    got = torch.cat([P for _, P in parts], dim=1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_a_non_finite_training_gradient_is_named_by_forward_scoring(fitted):
+    expl, _, _ = fitted
+    e = expl.engine_
+    X = e.X_train[:100].clone()
+    X[70, 0] = float("nan")
+    S = torch.randn(3, e.n_params, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match=r"indices \[70\]"):
+        e.score_data(S, X, e.y_train[:100])

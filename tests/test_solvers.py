@@ -921,7 +921,8 @@ def test_clone_and_params(solver):
 
 def test_default_parameters():
     assert Exact().get_params() == {"damping": 1e-3}
-    assert CG().get_params() == {"damping": 1e-3, "max_iter": 100, "tol": 1e-6}
+    assert CG().get_params() == {"damping": 1e-3, "max_iter": 100, "tol": 1e-6,
+                                 "preconditioner": None}
     assert LiSSA().get_params() == {
         "damping": 1e-3,
         "scale": "auto",

@@ -263,8 +263,8 @@ def _dattri(build, cache_batch=None, train_batch=5000):
         n = len(Xtr)
 
         def loss_func(params, batch):
-            x, y = batch
-            return F.cross_entropy(functional_call(module, params, (x,)), y)
+            x, y = batch  # dattri's LiSSA hands the labels back as floats: cast them
+            return F.cross_entropy(functional_call(module, params, (x,)), y.long())
 
         def run():
             from dattri.task import AttributionTask

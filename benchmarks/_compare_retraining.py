@@ -88,7 +88,7 @@ def main(args) -> int:
     X_test, y_test = X_test[:20], y_test[:20]
     models = {
         "linear (convex, L-BFGS)": (fit_linear(X, y), fit_linear, 20, 50),
-        "digits MLP": (train_mlp_classifier(X, y, n_out=10, random_state=0), None, 10, 20),
+        "digits MLP": (train_mlp_classifier(X, y, n_out=10, random_state=0), None, 20, 50),
     }
     out = {}
     for model_name, (net, refit, n_loo, n_subsets) in models.items():
@@ -117,7 +117,7 @@ def main(args) -> int:
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             print(f"  [{model_name}] {row}", flush=True)
             rows.append(row)
-        out[model_name] = rows
+        out[model_name] = {"n_loo": n_loo, "n_subsets": n_subsets, "rows": rows}
         print(f"\n### retraining: {model_name}\n\n| method | LOO Pearson | LDS | note |\n"
               "| --- | ---: | ---: | --- |")
         for r in rows:

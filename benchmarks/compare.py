@@ -21,8 +21,9 @@ Workloads
 ``synth``
     ``make_classification`` (20,000 training rows, 100 features, 10 classes), a 100-256-10 tanh
     MLP (28,426 parameters) trained 5 epochs with skorch; 20 test points (true labels), damping
-    0.01 on the Hessian; reference: float64 CG over ``torch.func`` Hessian-vector products to
-    a relative residual of 1e-8. Explicit-Hessian methods are not attempted there.
+    0.05 on the Hessian (its smallest eigenvalue is -0.019, by Lanczos); reference: float64 CG
+    over ``torch.func`` Hessian-vector products to a relative residual of 1e-8.
+    Explicit-Hessian methods are not attempted there.
 
 Usage
 -----
@@ -31,11 +32,16 @@ Run with the Python of an environment where the peers are installed (below)::
     python benchmarks/compare.py                  # every table, under an hour on 2 CPU cores
     python benchmarks/compare.py --quick          # a few methods on digits50, a few minutes
     python benchmarks/compare.py --workloads digits50 --methods ours:CG,pydvl:CG
-    python benchmarks/compare.py --retraining     # LOO correlation and LDS (see below)
+    python benchmarks/compare.py --retraining     # only the LOO correlation and LDS table
+
+The full run (no ``--workloads``, ``--methods`` or ``--quick``) ends with the retraining
+table (leave-one-out correlation and LDS, see ``_compare_retraining.py``) unless
+``--no-retraining`` is given.
 
 A method that fails to import, run, or stay within ``--mem-cap`` GiB or ``--timeout`` seconds
 is reported with its error in the table. Results go to ``benchmarks/results/compare.json``
-with the machine (CPU count, library versions); the trained nets and references are cached in
+with the machine (CPU count, library versions), and their tables to ``compare.rst`` beside it
+(``docs/benchmarks.rst`` includes that file); the trained nets and references are cached in
 ``--cache-dir``.
 
 Peer environment
@@ -299,9 +305,11 @@ def main(argv=None) -> int:
     p.add_argument("--workloads", default=None, help="comma-separated (default: all)")
     p.add_argument("--methods", default=None, help="comma-separated names (default: all)")
     p.add_argument("--quick", action="store_true", help="a few methods on digits50")
-    p.add_argument("--retraining", action="store_true", help="LOO correlation and LDS table")
+    p.add_argument("--retraining", action="store_true", help="only the LOO / LDS table")
+    p.add_argument("--no-retraining", action="store_true",
+                   help="leave the LOO / LDS table out of a full run")
     p.add_argument("--mem-cap", type=float, default=16.0, help="GiB per method")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per method")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per method")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "sk_fastif_compare"))
     p.add_argument("--out", default=str(HERE / "results" / "compare.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -312,11 +320,16 @@ def main(argv=None) -> int:
         return worker(args.worker, args.workload_dir, args.result_dir)
 
     import _compare_methods as cm
+    from _compare_report import write_rst
+    from _compare_retraining import main as retraining_main
     from _compare_workloads import WORKLOADS
 
+    out_path = Path(args.out)
     if args.retraining:
-        from _compare_retraining import main as retraining_main
-        return retraining_main(args)
+        retraining_main(args)
+        write_rst(json.loads(out_path.read_text()), out_path.with_suffix(".rst"))
+        return 0
+    full = not (args.workloads or args.methods or args.quick)
     workloads = (args.workloads.split(",") if args.workloads
                  else ["digits50"] if args.quick else list(WORKLOADS))
     methods = (args.methods.split(",") if args.methods
@@ -353,9 +366,13 @@ def main(argv=None) -> int:
         else:
             print(f"\nNo ratio: fastest at Pearson >= 0.99 ours={sp['ours']}, "
                   f"peer={sp['peer']}\n")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1, default=float))
-    print(f"saved {args.out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1, default=float))
+    if full and not args.no_retraining:
+        print("[retraining]", flush=True)
+        retraining_main(args)  # adds its table to the same file
+    rst_path = write_rst(json.loads(out_path.read_text()), out_path.with_suffix(".rst"))
+    print(f"saved {out_path} and {rst_path} (the tables docs/benchmarks.rst includes)")
     return 0
 
 

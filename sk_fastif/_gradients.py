@@ -126,6 +126,9 @@ class NetBridge:
     ----------
     use_vmap : bool
         False once :func:`torch.func.vmap` failed on the module: per-sample loops from then on.
+    use_forward_scoring : bool
+        False once forward mode failed on the module in :meth:`iter_products`: scores from
+        gradient blocks from then on.
     batch_loss_is_mean : bool
         Whether the net's batch loss equals the mean of its per-sample losses (checked on the
         training data by :meth:`check_batch_loss_is_mean`); curvature products then use it.
@@ -146,6 +149,7 @@ class NetBridge:
         self.fixed.update({"inner." + n: b.detach() for n, b in module.named_buffers()})
         self._wrapper = _LossModule(net)
         self.use_vmap = True
+        self.use_forward_scoring = True
         self.batch_loss_is_mean = False
 
     def __getstate__(self) -> dict:
@@ -312,15 +316,21 @@ class NetBridge:
     ) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(rows, S @ G.T)`` with ``G`` the per-sample gradients of ``rows``.
 
-        With at most :data:`FORWARD_MAX_VECTORS` rows in ``S`` (and vmap working, in the main
-        thread), each product ``S[i] · g_j`` is the derivative of the per-sample loss ``l_j``
-        along ``S[i]``, computed by forward mode (one ``jvp`` per row of ``S``, batched) and
-        no ``(rows, n_params)`` gradient block is formed; otherwise from that block. A chunk
-        whose products are not finite is yielded as computed: the caller checks it (its
-        gradients then say which row is not finite).
+        With at most :data:`FORWARD_MAX_VECTORS` rows in ``S`` (and vmap working), each
+        product ``S[i] · g_j`` is the derivative of the per-sample loss ``l_j`` along
+        ``S[i]``, computed by forward mode (one ``jvp`` per row of ``S``, batched, one thread
+        at a time) and no ``(rows, n_params)`` gradient block is formed; otherwise from that
+        block. When the
+        module cannot run forward mode under vmap (an operation without a forward-AD formula
+        or batching rule), the products come from the gradient block from that chunk on, and
+        for the rest of the bridge's life (``use_forward_scoring`` turns False; the values are
+        the same). A chunk whose products are not finite is yielded as computed: the caller
+        checks it (its gradients then say which row is not finite).
         """
-        forward = (self.use_vmap and len(S) <= FORWARD_MAX_VECTORS
-                   and threading.current_thread() is threading.main_thread())
+        # in every thread alike (under FORWARD_AD_LOCK), so that the threading backend and
+        # Dask's threads compute the same numbers as a sequential run
+        forward = (self.use_vmap and getattr(self, "use_forward_scoring", True)
+                   and len(S) <= FORWARD_MAX_VECTORS)
         if forward:
             S = S.to(dtype=self.dtype, device=self.device)
             for sl in self.chunks(len(y)):
@@ -328,8 +338,8 @@ class NetBridge:
                 with self.modes(), FORWARD_AD_LOCK:
                     try:
                         P = self._forward_products(S, Xb, yb)
-                    except VMAP_ERRORS as exc:
-                        self.disable_vmap(exc)
+                    except VMAP_ERRORS:
+                        self.use_forward_scoring = False
                         break
                 yield sl, P.detach()
             else:

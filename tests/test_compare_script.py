@@ -90,3 +90,28 @@ def test_worker_scores_agree_and_failures_are_reported(tiny):
             {"method": "ours:no-such-method", "library": "sk_fastif", **bad}]
     text = compare.table("tiny", rows)
     assert "KeyError" in text and text.count("\n| ours:") == 2
+
+
+def test_rst_report_lists_every_row_and_states_the_ratio(tmp_path):
+    report = pytest.importorskip("_compare_report")
+    rows = [{"method": "ours:CG", "library": "sk_fastif", "seconds": 0.5, "peak_mib": 400.0,
+             "pearson": 0.999, "spearman": 0.99, "top10": 1.0, "note": "tol=1e-4"},
+            {"method": "peer:CG", "library": "peer", "seconds": 2.0, "peak_mib": 1600.0,
+             "pearson": 0.995, "spearman": 0.98, "top10": 0.9, "note": "a | b"},
+            {"method": "peer:broken", "library": "peer", "error": "killed: timeout after 5 s",
+             "note": ""}]
+    result = {"machine": {"cpu_count": 2, "platform": "linux", "python": "3.11",
+                          "versions": {"torch": "2.13.0", "captum": None}, "date": "today"},
+              "settings": {"mem_cap_gib": 16, "timeout_s": 300, "quick": False},
+              "workloads": {"digits50": {"spec": {}, "rows": rows,
+                                         "speedup": compare.speedup(rows)}}}
+    text = report.write_rst(result, tmp_path / "t.rst").read_text()
+    lines = text.splitlines()
+    borders = [i for i, line in enumerate(lines) if line.startswith("====")]
+    assert len(borders) == 3 and len({lines[i] for i in borders}) == 1  # one table
+    body = lines[borders[1] + 1:borders[2]]
+    assert [line.split()[0] for line in body] == ["``ours:CG``", "``peer:CG``",
+                                                   "``peer:broken``"]
+    assert "killed: timeout after 5 s" in body[2] and "a / b" in body[1]
+    assert "**4.0x** the time" in text and "**0.25x** the peer's" in text
+    assert "torch 2.13.0" in text and "captum" not in text

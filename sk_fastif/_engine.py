@@ -315,10 +315,9 @@ class InfluenceEngine:
             it = tqdm(it, total=-(-rows_of.n_rows(X) // self.bridge.batch_size), desc=desc,
                       leave=False)
         for sl, P in it:
-            if not bool(torch.isfinite(P).all()):
-                _, G = next(self.bridge.iter_gradients(rows_of.take(X, sl), y[sl]))
-                val.check_finite_gradients(G, what=what, offset=sl.start,
-                                           rows=None if rows is None else rows[sl])
+            val.check_finite_products(
+                P, lambda sl=sl: next(self.bridge.iter_gradients(rows_of.take(X, sl), y[sl]))[1],
+                what=what, offset=sl.start, rows=None if rows is None else rows[sl])
             yield sl, P
 
     def _train_rows(self, rows) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:

@@ -256,6 +256,18 @@ def check_finite_gradients(
         )
 
 
+def check_finite_products(P: torch.Tensor, gradients, *, what: str, offset: int = 0,
+                          rows: np.ndarray | None = None) -> None:
+    """Raise when scoring products ``S @ G.T`` of a chunk are not finite because of ``G``.
+
+    ``gradients()`` computes the chunk's per-sample gradients, only when ``P`` is not finite
+    (forward-mode scoring forms no gradients): :func:`check_finite_gradients` then names the
+    rows whose gradient is not finite.
+    """
+    if not bool(torch.isfinite(P).all()):
+        check_finite_gradients(gradients(), what=what, offset=offset, rows=rows)
+
+
 def check_finite_training_loss(bridge, Xt: torch.Tensor, yt: torch.Tensor) -> None:
     """One forward pass over the training set at ``fit``: every per-sample loss must be finite."""
     losses = bridge.losses(Xt, yt)

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 
-from sk_fastif import InfluenceExplainer
+from sk_fastif import InfluenceExplainer, _gradients
 from sk_fastif import _validation as validation
 from sk_fastif._curvature import CurvatureProducts
 from sk_fastif._gradients import NetBridge
@@ -606,7 +606,8 @@ def _modes(net):
     "method, owner, name, n, solver, batch_size",
     [
         ("influences", NetBridge, "_per_sample", 4, Exact(damping=0.05), 16),  # gradient chunk
-        ("influences", validation, "check_finite_gradients", 3, Exact(damping=0.05), 16),
+        ("influences", validation, "check_finite_products", 3, Exact(damping=0.05), 16),
+        ("influences", NetBridge, "_forward_products", 2, Exact(damping=0.05), 16),
         ("influences", CurvatureProducts, "_batch_ggn", 5, CG(damping=0.05, max_iter=6), 60),
         ("influences", CurvatureProducts, "_batch_ggn", 7,
          LiSSA(damping=0.05, scale=5.0, depth=10, batch_size=16), 60),
@@ -616,11 +617,21 @@ def _modes(net):
         ("influence_factors", CurvatureProducts, "_batch_ggn", 2, CG(damping=0.05, max_iter=6), 60),
         ("score", CurvatureProducts, "_batch_ggn", 4, CG(damping=0.05, max_iter=3), 60),
     ],
-    ids=["gradient-chunk", "between-chunks", "cg-curvature-product", "lissa-curvature-product",
-         "self-influence-solve", "explain", "influence-factors", "score"],
+    ids=["gradient-chunk", "between-chunks", "forward-mode-chunk", "cg-curvature-product",
+         "lissa-curvature-product", "self-influence-solve", "explain", "influence-factors",
+         "score"],
 )
 def test_interrupted_call_leaves_explainer_usable(small, monkeypatch, method, owner, name, n,
                                                   solver, batch_size):
+    with pytest.MonkeyPatch.context() as limit:
+        if name in ("_per_sample", "check_finite_products"):
+            # interrupt the scoring pass over gradient blocks (few test points are scored by
+            # forward mode: the "forward-mode-chunk" case)
+            limit.setattr(_gradients, "FORWARD_MAX_VECTORS", 0)
+        _interrupt_and_rerun(small, monkeypatch, method, owner, name, n, solver, batch_size)
+
+
+def _interrupt_and_rerun(small, monkeypatch, method, owner, name, n, solver, batch_size):
     net0, Xtr, ytr, Xte, yte = small
     net = _prepare_users_net(net0, True)
     snap = _snapshot(net)

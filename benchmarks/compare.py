@@ -30,7 +30,7 @@ Usage
 Run with the Python of an environment where the peers are installed (below)::
 
     python benchmarks/compare.py                  # every table, under an hour on 2 CPU cores
-    python benchmarks/compare.py --quick          # a few methods on digits50, a few minutes
+    python benchmarks/compare.py --quick          # a few methods on digits50, about a minute
     python benchmarks/compare.py --workloads digits50 --methods ours:CG,pydvl:CG
     python benchmarks/compare.py --retraining     # only the LOO correlation and LDS table
 
@@ -41,8 +41,9 @@ table (leave-one-out correlation and LDS, see ``_compare_retraining.py``) unless
 A method that fails to import, run, or stay within ``--mem-cap`` GiB or ``--timeout`` seconds
 is reported with its error in the table. Results go to ``benchmarks/results/compare.json``
 with the machine (CPU count, library versions), and their tables to ``compare.rst`` beside it
-(``docs/benchmarks.rst`` includes that file); the trained nets and references are cached in
-``--cache-dir``.
+(``docs/benchmarks.rst`` includes that file); a partial run (``--quick``, ``--workloads``,
+``--methods``) writes ``compare_partial.json`` and ``.rst`` instead, unless ``--out`` says
+otherwise. The trained nets and references are cached in ``--cache-dir``.
 
 Peer environment
 ----------------
@@ -85,8 +86,9 @@ sys.path.insert(1, str(HERE.parent))  # benchmark this checkout's sk_fastif
 import numpy as np  # noqa: E402
 from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
-QUICK_METHODS = ["ours:Exact", "ours:CG", "ours:EKFAC", "pydvl:CG tuned", "captum:Arnoldi",
-                 "dattri:CG", "kronfluence:EK-FAC", "floor:per-sample grads"]
+QUICK_METHODS = ["ours:Exact", "ours:CG", "ours:CG tol=1e-2", "ours:CG ekfac 4 it", "ours:EKFAC",
+                 "pydvl:CG tuned", "pydvl:CG rtol=1e-2", "captum:Arnoldi", "dattri:CG",
+                 "kronfluence:EK-FAC", "floor:per-sample grads"]
 PEERS = ["captum", "dattri", "kronfluence", "pydvl", "torch", "numpy", "scipy", "skorch",
          "scikit-learn", "sk_fastif"]
 TOP = 10
@@ -311,7 +313,9 @@ def main(argv=None) -> int:
     p.add_argument("--mem-cap", type=float, default=16.0, help="GiB per method")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per method")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "sk_fastif_compare"))
-    p.add_argument("--out", default=str(HERE / "results" / "compare.json"))
+    p.add_argument("--out", default=None,
+                   help="JSON result (default: results/compare.json for the full run and "
+                        "--retraining, results/compare_partial.json otherwise)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--workload-dir", help=argparse.SUPPRESS)
     p.add_argument("--result-dir", help=argparse.SUPPRESS)
@@ -324,12 +328,15 @@ def main(argv=None) -> int:
     from _compare_retraining import main as retraining_main
     from _compare_workloads import WORKLOADS
 
+    full = not (args.workloads or args.methods or args.quick)
+    if args.out is None:  # a partial run never overwrites the full tables
+        name = "compare.json" if full or args.retraining else "compare_partial.json"
+        args.out = str(HERE / "results" / name)
     out_path = Path(args.out)
     if args.retraining:
         retraining_main(args)
         write_rst(json.loads(out_path.read_text()), out_path.with_suffix(".rst"))
         return 0
-    full = not (args.workloads or args.methods or args.quick)
     workloads = (args.workloads.split(",") if args.workloads
                  else ["digits50"] if args.quick else list(WORKLOADS))
     methods = (args.methods.split(",") if args.methods
@@ -372,7 +379,7 @@ def main(argv=None) -> int:
         print("[retraining]", flush=True)
         retraining_main(args)  # adds its table to the same file
     rst_path = write_rst(json.loads(out_path.read_text()), out_path.with_suffix(".rst"))
-    print(f"saved {out_path} and {rst_path} (the tables docs/benchmarks.rst includes)")
+    print(f"saved {out_path} and {rst_path}")
     return 0
 
 

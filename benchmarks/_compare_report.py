@@ -19,7 +19,8 @@ _TITLES = {
 }
 
 
-def _fmt(value, spec: str) -> str:
+def _fmt(value, spec: str = "{:.3f}") -> str:
+    """``value`` formatted, or "-" for None and NaN."""
     if value is None or (isinstance(value, float) and value != value):
         return "-"
     return spec.format(value)

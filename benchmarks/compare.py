@@ -84,6 +84,7 @@ sys.path.insert(0, str(HERE))  # the _compare_* helpers
 sys.path.insert(1, str(HERE.parent))  # benchmark this checkout's sk_fastif
 
 import numpy as np  # noqa: E402
+from _compare_report import _fmt, write_rst  # noqa: E402
 from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
 QUICK_METHODS = ["ours:Exact", "ours:CG", "ours:CG tol=1e-2", "ours:CG ekfac 4 it", "ours:EKFAC",
@@ -220,10 +221,6 @@ def agreement(S: np.ndarray, R: np.ndarray, rows, mask=None) -> dict:
 
 
 # ================================================================================ the tables
-def _fmt(v, spec="{:.3f}"):
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else spec.format(v)
-
-
 def table(workload: str, rows: list[dict]) -> str:
     """One markdown table of a workload's results."""
     lines = [f"### {workload}", "",
@@ -324,7 +321,6 @@ def main(argv=None) -> int:
         return worker(args.worker, args.workload_dir, args.result_dir)
 
     import _compare_methods as cm
-    from _compare_report import write_rst
     from _compare_retraining import main as retraining_main
     from _compare_workloads import WORKLOADS
 

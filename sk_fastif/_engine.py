@@ -288,14 +288,17 @@ class InfluenceEngine:
         val.check_finite_gradients(G, what=what)
         return G
 
+    def _progress(self, chunks: Iterator, X, desc: str) -> Iterator:
+        """``chunks`` (one per ``batch_size`` rows of X), under a progress bar when verbose."""
+        if not self.verbose:
+            return chunks
+        return tqdm(chunks, total=-(-rows_of.n_rows(X) // self.bridge.batch_size), desc=desc,
+                    leave=False)
+
     def _iter_gradients(self, X: torch.Tensor, y: torch.Tensor, desc: str,
                         rows: np.ndarray | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
         """Stream the gradients of (X, y) in chunks, checked finite (reported by ``rows``)."""
-        it = self.bridge.iter_gradients(X, y)
-        if self.verbose:
-            it = tqdm(it, total=-(-rows_of.n_rows(X) // self.bridge.batch_size), desc=desc,
-                      leave=False)
-        for sl, G in it:
+        for sl, G in self._progress(self.bridge.iter_gradients(X, y), X, desc):
             if rows is None:
                 val.check_finite_gradients(G, what="training point", offset=sl.start)
             else:
@@ -310,11 +313,7 @@ class InfluenceEngine:
         A chunk whose products are not finite has its gradients checked, which names the
         rows (reported by ``rows``) whose gradient is not finite.
         """
-        it = self.bridge.iter_products(S, X, y)
-        if self.verbose:
-            it = tqdm(it, total=-(-rows_of.n_rows(X) // self.bridge.batch_size), desc=desc,
-                      leave=False)
-        for sl, P in it:
+        for sl, P in self._progress(self.bridge.iter_products(S, X, y), X, desc):
             val.check_finite_products(
                 P, lambda sl=sl: next(self.bridge.iter_gradients(rows_of.take(X, sl), y[sl]))[1],
                 what=what, offset=sl.start, rows=None if rows is None else rows[sl])

@@ -154,7 +154,7 @@ class InfluenceEngine:
 
     @classmethod
     def from_net(cls, net, X_train: torch.Tensor, y_train: torch.Tensor, *, params=None,
-                 curvature: str = "gauss_newton", batch_size: int = 256,
+                 curvature: str = "gauss_newton", batch_size: int = 128,
                  solver: BaseSolver | str, verbose: int = 0) -> InfluenceEngine:
         """Build the engine of a fitted skorch net (not yet prepared: call :meth:`prepare`).
 

@@ -75,8 +75,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         convex in the net's output (cross-entropy, MSE, BCE), so ``H + λI`` is positive definite
         for any ``λ > 0``; equal to the Hessian for a model linear in its parameters.
         ``"hessian"``: the exact Hessian of the mean training loss (often indefinite for a net).
-    batch_size : int, default=256
-        Number of samples (and right-hand sides) processed together: the memory knob.
+    batch_size : int, default=128
+        Samples (and right-hand sides) processed together: the memory knob (on a GPU, raise it).
     n_jobs : int or None, default=None
         joblib workers for the solves, LiSSA's chains, the scoring passes and self-influence:
         ``None`` means 1 unless a :func:`joblib.parallel_config` context says otherwise, ``-1``
@@ -157,7 +157,7 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     }
 
     def __init__(self, estimator, *, solver="auto", candidates=None, params=None,
-                 curvature="gauss_newton", batch_size=256, n_jobs=None, devices=None,
+                 curvature="gauss_newton", batch_size=128, n_jobs=None, devices=None,
                  random_state=None, verbose=0):
         self.estimator = estimator
         self.solver = solver

@@ -134,7 +134,7 @@ class NetBridge:
         training data by :meth:`check_batch_loss_is_mean`); curvature products then use it.
     """
 
-    def __init__(self, net, params=None, batch_size=256) -> None:
+    def __init__(self, net, params=None, batch_size=128) -> None:
         self.net = net
         self.batch_size = int(batch_size)
         module = net.module_

@@ -85,7 +85,6 @@ sys.path.insert(1, str(HERE.parent))  # benchmark this checkout's sk_fastif
 
 import numpy as np  # noqa: E402
 from _compare_report import _fmt, write_rst  # noqa: E402
-from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
 QUICK_METHODS = ["ours:Exact", "ours:CG", "ours:CG tol=1e-2", "ours:CG ekfac 4 it", "ours:EKFAC",
                  "pydvl:CG tuned", "pydvl:CG rtol=1e-2", "captum:Arnoldi", "dattri:CG",
@@ -189,30 +188,35 @@ def run_worker(name: str, workload_dir, *, mem_cap_gib: float, timeout: float) -
 def agreement(S: np.ndarray, R: np.ndarray, rows, mask=None) -> dict:
     """Agreement of scores ``S`` with the reference ``R`` over the test rows ``rows``.
 
-    Per test row, over the training points scored (``mask``) with a finite score: Pearson,
-    Spearman and the overlap of the 10 most helpful (largest score) training points with the
-    reference's 10 most helpful among all training points (so a pruned method is charged
-    for the top points outside its candidates). Means over the rows; ``n_nonfinite`` counts
-    the NaN/inf scores among those scored.
+    Per test row, over the training points scored (``mask``) with a finite score: Pearson and
+    Spearman (:func:`sk_fastif.metrics.influence_agreement`; NaN for a constant row) and the
+    overlap of the 10 most helpful training points with the reference's 10 most helpful
+    among **all** training points (:func:`sk_fastif.metrics.top_k_overlap`, the unscored points
+    ranked last, so a pruned method is charged for the top points outside its candidates;
+    NaN with fewer than 10 scored). Means over the rows; ``n_nonfinite`` counts the NaN/inf
+    scores among those scored.
     """
+    from sk_fastif.metrics import influence_agreement, top_k_overlap
+
     pear, spear, top = [], [], []
     n_nonfinite = 0
     for i in rows:
         scored = np.ones(S.shape[1], bool) if mask is None else mask[i]
         finite = np.isfinite(S[i]) & scored
         n_nonfinite += int(np.sum(scored & ~np.isfinite(S[i])))
-        if finite.sum() < 3:
+        s, r = S[i, finite], R[i, finite]
+        if finite.sum() < 3 or np.ptp(s) == 0:
             pear.append(np.nan)
             spear.append(np.nan)
+        else:
+            pear.append(influence_agreement(s, r, method="pearson"))
+            spear.append(influence_agreement(s, r, method="spearman"))
+        if finite.sum() < TOP:
             top.append(np.nan)
             continue
-        s, r = S[i, finite], R[i, finite]
-        pear.append(pearsonr(s, r)[0] if np.ptp(s) > 0 else np.nan)
-        spear.append(spearmanr(s, r)[0] if np.ptp(s) > 0 else np.nan)
-        idx = np.flatnonzero(finite)
-        ours = set(idx[np.argsort(-s)[:TOP]].tolist())
-        ref = set(np.argsort(-R[i])[:TOP].tolist())
-        top.append(len(ours & ref) / TOP)
+        ranked = np.full(S.shape[1], s.min() - 1.0 - abs(s.min()))  # below every score
+        ranked[finite] = s
+        top.append(top_k_overlap(ranked, R[i], k=TOP))
 
     def mean(v):
         return float(np.mean(v)) if len(v) else float("nan")

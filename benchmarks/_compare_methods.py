@@ -256,7 +256,7 @@ method("captum:Arnoldi tuned", "captum", "projection_dim=300, arnoldi_dim=600")(
 
 
 # ==================================================================================== dattri
-def _dattri(build, cache_batch=None, train_batch=5000):
+def _dattri(build, cache_batch=None, train_batch=5000, test_batch=None):
     def setup(spec, data):
         Xtr, ytr, Xte, yte = tensors(data)
         module = build_module(spec)
@@ -275,7 +275,7 @@ def _dattri(build, cache_batch=None, train_batch=5000):
             attributor.cache(DataLoader(TensorDataset(Xtr, ytr), batch_size=cache_batch or n))
             S = attributor.attribute(
                 DataLoader(TensorDataset(Xtr, ytr), batch_size=min(train_batch, n)),
-                DataLoader(TensorDataset(Xte, yte), batch_size=len(Xte)))
+                DataLoader(TensorDataset(Xte, yte), batch_size=test_batch or len(Xte)))
             return _rows(S.detach().T) / n, {}
         return run
     return setup
@@ -290,6 +290,9 @@ method("dattri:explicit", "dattri", "explicit Hessian", _EXPLICIT)(_dattri(
     lambda task, lam, spec: _dt().IFAttributorExplicit(task, regularization=lam)))
 method("dattri:CG", "dattri", "default max_iter=10")(_dattri(
     lambda task, lam, spec: _dt().IFAttributorCG(task, regularization=lam)))
+method("dattri:CG test batch 5", "dattri", "default max_iter=10, 5 test points per batch",
+       {"digits": "not needed: every test point fits in one batch"})(_dattri(
+    lambda task, lam, spec: _dt().IFAttributorCG(task, regularization=lam), test_batch=5))
 method("dattri:CG tuned", "dattri", "max_iter=20 (at 100: NaN and > 4 GiB on digits)")(_dattri(
     lambda task, lam, spec: _dt().IFAttributorCG(task, regularization=lam, max_iter=20)))
 method("dattri:LiSSA", "dattri", "default scaling=50, depth=5000, batch 1; d=lam/50")(_dattri(

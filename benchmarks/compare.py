@@ -29,7 +29,7 @@ Usage
 -----
 Run with the Python of an environment where the peers are installed (below)::
 
-    python benchmarks/compare.py                  # every table, under an hour on 2 CPU cores
+    python benchmarks/compare.py                  # every table, about 55 minutes on 2 CPU cores
     python benchmarks/compare.py --quick          # a few methods on digits50, about a minute
     python benchmarks/compare.py --workloads digits50 --methods ours:CG,pydvl:CG
     python benchmarks/compare.py --retraining     # only the LOO correlation and LDS table

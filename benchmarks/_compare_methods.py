@@ -99,7 +99,10 @@ def _rows(S):
 
 
 # ================================================================================= sk_fastif
-def _ours(solver_factory, *, candidates=None, n_jobs=None, curvature="hessian"):
+def _ours(solver_factory, *, candidates=None, n_jobs=None, curvature="hessian",
+          batch_size=None):
+    """sk_fastif's explainer with ``solver_factory(damping, spec)`` (``batch_size=None``: the
+    explainer's default)."""
     def setup(spec, data):
         from sk_fastif import InfluenceExplainer
         from sk_fastif.datasets import make_mlp_classifier
@@ -110,8 +113,10 @@ def _ours(solver_factory, *, candidates=None, n_jobs=None, curvature="hessian"):
 
         def run():
             cands = candidates(spec) if candidates is not None else None
+            size = {} if batch_size is None else {"batch_size": batch_size}
             expl = InfluenceExplainer(net, solver=solver_factory(lam, spec), candidates=cands,
-                                      curvature=curvature, n_jobs=n_jobs, random_state=0)
+                                      curvature=curvature, n_jobs=n_jobs, random_state=0,
+                                      **size)
             expl.fit(data["X_train"], data["y_train"])
             S = expl.influences(data["X_test"], data["y_test"])
             if cands is None:

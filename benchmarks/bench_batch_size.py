@@ -41,18 +41,15 @@ def child(workdir: str, batch_size: int, solver: str) -> dict:
     import time
     import warnings
 
-    from _compare_workloads import build_module, load_workload
+    import _compare_methods as cm
+    from _compare_workloads import load_workload
 
-    from sk_fastif import InfluenceExplainer, solvers
-    from sk_fastif.datasets import make_mlp_classifier
+    from sk_fastif import solvers
 
-    spec, data = load_workload(workdir)
-    net = make_mlp_classifier(**spec["arch"]).initialize()
-    net.module_.load_state_dict(build_module(spec).state_dict())
-    lam = spec["damping"]
-    make = {"CG tol=1e-2": lambda: solvers.CG(damping=lam, tol=1e-2),
-            "CG ekfac 4 it": lambda: solvers.CG(damping=lam, max_iter=4,
-                                                preconditioner="ekfac")}[solver]
+    make = {"CG tol=1e-2": lambda lam, spec: solvers.CG(damping=lam, tol=1e-2),
+            "CG ekfac 4 it": lambda lam, spec: solvers.CG(damping=lam, max_iter=4,
+                                                          preconditioner="ekfac")}[solver]
+    run = cm._ours(make, batch_size=batch_size)(*load_workload(workdir))  # compare.py's row
     try:
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     except OSError:
@@ -61,9 +58,7 @@ def child(workdir: str, batch_size: int, solver: str) -> dict:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_iter=4 does not reach CG's default tol
-        expl = InfluenceExplainer(net, solver=make(), curvature="hessian",
-                                  batch_size=batch_size, random_state=0)
-        expl.fit(data["X_train"], data["y_train"]).influences(data["X_test"], data["y_test"])
+        run()
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "growth_mib": (peak - base) / 1024}

@@ -160,7 +160,7 @@ class NetBridge:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"use_forward_scoring": True, **state})  # older pickles lack it
         self._wrapper = _LossModule(self.net)
 
     # ----------------------------------------------------------------------------- basic pieces
@@ -329,8 +329,7 @@ class NetBridge:
         """
         # in every thread alike (under FORWARD_AD_LOCK), so that the threading backend and
         # Dask's threads compute the same numbers as a sequential run
-        forward = (self.use_vmap and getattr(self, "use_forward_scoring", True)
-                   and len(S) <= FORWARD_MAX_VECTORS)
+        forward = self.use_vmap and self.use_forward_scoring and len(S) <= FORWARD_MAX_VECTORS
         if forward:
             S = S.to(dtype=self.dtype, device=self.device)
             for sl in self.chunks(len(y)):

@@ -23,10 +23,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# The test suite at the declared minimum versions (.ci/min-versions.txt), in its own venv.
+# The test suite at the declared minimum versions (.ci/min-versions.txt), in its own venv,
+# without the tests marked slow (gallery and README runs, memory subprocesses).
 MIN_VENV ?= .venv-min
 test-min: $(MIN_VENV)/.installed
-	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 $(MIN_VENV)/.installed: pyproject.toml .ci/min-versions.txt
 	$(PYTHON) -m venv $(MIN_VENV)

@@ -105,7 +105,7 @@ def _ours(solver_factory, *, candidates=None, n_jobs=None, curvature="hessian",
     explainer's default)."""
     def setup(spec, data):
         from sk_fastif import InfluenceExplainer
-        from sk_fastif.datasets import make_mlp_classifier
+        from sk_fastif.toy import make_mlp_classifier
 
         net = make_mlp_classifier(**spec["arch"]).initialize()
         net.module_.load_state_dict(build_module(spec).state_dict())

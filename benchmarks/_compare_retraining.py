@@ -24,8 +24,9 @@ from skorch import NeuralNetClassifier
 from torch.utils.data import DataLoader, TensorDataset
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import load_digits_split, train_mlp_classifier
+from sk_fastif.datasets import load_digits_split
 from sk_fastif.solvers import CG, Exact
+from sk_fastif.toy import train_mlp_classifier
 
 DAMPING = 0.011
 

@@ -18,12 +18,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, hessian, jvp, vmap
 
-from sk_fastif.datasets import (
-    TanhMLP,
-    load_digits_split,
-    make_classification_split,
-    train_mlp_classifier,
-)
+from sk_fastif.datasets import load_digits_split, make_classification_split
+from sk_fastif.toy import TanhMLP, train_mlp_classifier
 
 #: The workloads: name -> settings. ``net`` names the trained net a workload shares with others.
 WORKLOADS = {

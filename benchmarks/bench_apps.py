@@ -35,15 +35,10 @@ import numpy as np
 import torch
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import (
-    load_digits_split,
-    make_noisy_labels,
-    make_shortcut_digits,
-    train_digits_net,
-    train_mlp_classifier,
-)
+from sk_fastif.datasets import flip_labels, load_digits_split, make_shortcut_digits
 from sk_fastif.metrics import mislabel_detection_curve, step_test
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import train_digits_net, train_mlp_classifier
 
 
 def _table(title: str, rows: dict[str, list[float]], fmt: str = "{:.3f}") -> None:
@@ -99,7 +94,8 @@ def mislabels(seeds, args) -> None:
     for seed in seeds:
         X, _, y, _ = load_digits_split(split="permutation", n_train=1000, n_test=0,
                                        random_state=seed)
-        y_noisy, is_flipped = make_noisy_labels(y, 0.1, random_state=seed)
+        y_noisy, flipped = flip_labels(y, 0.1, random_state=seed)
+        is_flipped = np.isin(np.arange(len(y)), flipped)
         net = train_mlp_classifier(X, y_noisy, n_out=10, random_state=seed, max_epochs=30)
         expl = InfluenceExplainer(net, params=["output"], solver=Exact(damping=1e-3))
         rankings = {

@@ -25,8 +25,8 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import train_digits_net
 from sk_fastif.solvers import CG, Exact, LiSSA
+from sk_fastif.toy import train_digits_net
 
 
 def naive_influences(net, X_train, y_train, X_test, y_test, *, damping, scale, depth,

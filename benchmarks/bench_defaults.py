@@ -30,8 +30,9 @@ from scipy.stats import pearsonr, spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this file is in
 
 from sk_fastif import InfluenceExplainer  # noqa: E402
-from sk_fastif.datasets import load_digits_split, train_digits_net  # noqa: E402
+from sk_fastif.datasets import load_digits_split  # noqa: E402
 from sk_fastif.solvers import Exact, LiSSA  # noqa: E402
+from sk_fastif.toy import train_digits_net  # noqa: E402
 
 
 def fit_logreg(X, y, wd, net=None):

@@ -50,9 +50,10 @@ from scipy.stats import spearmanr
 from sklearn.base import clone
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import make_classification_split, train_digits_net, train_mlp_classifier
+from sk_fastif.datasets import make_classification_split
 from sk_fastif.neighbors import ExactCandidates, GradientSketchCandidates, NNDescentCandidates
 from sk_fastif.solvers import CG, Exact, LiSSA
+from sk_fastif.toy import train_digits_net, train_mlp_classifier
 
 KINDS = {"helpful": lambda s: -s, "harmful": lambda s: s, "abs": lambda s: -np.abs(s)}
 

@@ -84,8 +84,9 @@ def prepare(n: int, workdir: Path) -> dict:
     import torch
 
     from sk_fastif import InfluenceExplainer
-    from sk_fastif.datasets import make_classification_split, train_mlp_classifier
+    from sk_fastif.datasets import make_classification_split
     from sk_fastif.solvers import LiSSA
+    from sk_fastif.toy import train_mlp_classifier
 
     X, X_test, y, _ = make_classification_split(n, N_TEST, n_features=N_FEATURES,
                                                 n_informative=10, random_state=0)
@@ -129,8 +130,8 @@ def child(args) -> None:
     import torch
 
     from sk_fastif import InfluenceExplainer
-    from sk_fastif.datasets import make_mlp_classifier
     from sk_fastif.solvers import LiSSA
+    from sk_fastif.toy import make_mlp_classifier
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
@@ -159,7 +160,7 @@ def child(args) -> None:
         t_fit = time.perf_counter() - t0
         factors = torch.as_tensor(expl.influence_factors(X_test))
         engine = expl.engine_
-        G = engine.bridge.gradients(engine.X_train, engine.y_train)  # n x n_params at once
+        G = engine.gradients(engine.X_train, engine.y_train)  # n x n_params at once
         scores = (factors @ G.T).numpy() / len(X)
         top = np.argsort(-scores, axis=1)[:, 0].tolist()
     t_total = time.perf_counter() - t0

@@ -29,8 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this file is in
 
 from sk_fastif import InfluenceExplainer  # noqa: E402
-from sk_fastif.datasets import make_classification_split, train_mlp_classifier  # noqa: E402
+from sk_fastif.datasets import make_classification_split  # noqa: E402
 from sk_fastif.solvers import CG  # noqa: E402
+from sk_fastif.toy import train_mlp_classifier  # noqa: E402
 
 
 def timed(fn, *args):

@@ -24,15 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from sk_fastif import _gradients, datasets
-from sk_fastif._gradients import NetBridge
+from sk_fastif import _gradients, toy
+from sk_fastif._net import NetBridge
 
 
 def _bridge(n_in, n_hidden, n_train, batch_size, seed=0):
     rng = np.random.RandomState(seed)
     X = rng.randn(n_train, n_in).astype("float32")
     y = rng.randint(0, 10, n_train).astype("int64")
-    net = datasets.make_mlp_classifier(n_in=n_in, n_hidden=n_hidden, n_out=10).initialize()
+    net = toy.make_mlp_classifier(n_in=n_in, n_hidden=n_hidden, n_out=10).initialize()
     return NetBridge(net, None, batch_size), torch.as_tensor(X), torch.as_tensor(y)
 
 
@@ -50,7 +50,7 @@ def _scores(bridge, S, X, y, forward):
     limit = _gradients.FORWARD_MAX_VECTORS
     _gradients.FORWARD_MAX_VECTORS = len(S) if forward else 0
     try:
-        return torch.cat([P for _, P in bridge.iter_products(S, X, y)], dim=1)
+        return torch.cat([P for _, P in _gradients.iter_products(bridge, S, X, y)], dim=1)
     finally:
         _gradients.FORWARD_MAX_VECTORS = limit
 

@@ -31,9 +31,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import train_digits_net
 from sk_fastif.metrics import make_influence_scorer
 from sk_fastif.solvers import CG, Exact, LiSSA
+from sk_fastif.toy import train_digits_net
 
 
 def main(argv=None):

@@ -16,10 +16,11 @@ recall ``k / n`` of a random shortlist. We compare two feature spaces: the penul
 import matplotlib.pyplot as plt
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import load_digits_split, train_mlp_classifier
+from sk_fastif.datasets import load_digits_split
 from sk_fastif.neighbors import ExactCandidates
 from sk_fastif.plotting import CandidateRecallDisplay
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import train_mlp_classifier
 
 X_train, X_test, y_train, y_test = load_digits_split(split="permutation", n_train=800,
                                                      n_test=30, random_state=0)

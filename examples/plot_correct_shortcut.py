@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import SHORTCUT_PIXELS, make_shortcut_digits, train_mlp_classifier
+from sk_fastif.datasets import SHORTCUT_PIXELS, make_shortcut_digits
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import train_mlp_classifier
 
 X_train, X_challenge, y_train, y_challenge = make_shortcut_digits(
     n_train=600, n_challenge=600, agreement=0.95, random_state=1)

@@ -19,8 +19,9 @@ import torch
 from skorch import NeuralNetClassifier
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import TanhMLP, load_digits_split
+from sk_fastif.datasets import load_digits_split
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import TanhMLP
 
 # The 8x8 digits scaled to [0, 1], 80% for training; TanhMLP is a 64-32-10 tanh MLP whose layers
 # are named ``hidden`` and ``output``.

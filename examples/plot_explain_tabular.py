@@ -19,9 +19,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import make_classification_split, make_mlp_classifier
+from sk_fastif.datasets import make_classification_split
 from sk_fastif.plotting import InfluenceDisplay
 from sk_fastif.solvers import CG
+from sk_fastif.toy import make_mlp_classifier
 
 X_train, X_test, y_train, y_test = make_classification_split(
     300, 50, n_features=8, n_informative=4, random_state=0)

@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import load_digits_split, train_mlp_classifier
+from sk_fastif.datasets import load_digits_split
 from sk_fastif.plotting import InfluenceDisplay, InfluenceGraphDisplay
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import train_mlp_classifier
 
 X_train, X_test, y_train, y_test = load_digits_split(split="permutation", n_train=600,
                                                      n_test=300, random_state=0)

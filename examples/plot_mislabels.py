@@ -16,12 +16,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import load_digits_split, make_noisy_labels, train_mlp_classifier
+from sk_fastif.datasets import flip_labels, load_digits_split
 from sk_fastif.metrics import mislabel_detection_curve
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import train_mlp_classifier
 
 X, _, y, _ = load_digits_split(split="permutation", n_train=600, n_test=0, random_state=0)
-y_noisy, is_flipped = make_noisy_labels(y, 0.1, random_state=0)
+y_noisy, flipped = flip_labels(y, 0.1, random_state=0)
+is_flipped = np.isin(np.arange(len(y)), flipped)  # the mask mislabel_detection_curve takes
 net = train_mlp_classifier(X, y_noisy, n_out=10, random_state=0, max_epochs=25)
 print(f"{is_flipped.sum()} flipped labels; training accuracy on the noisy labels: "
       f"{np.mean(net.predict(X) == y_noisy):.3f}")

@@ -15,9 +15,9 @@ little. :func:`~sk_fastif.metrics.step_test` does this without touching the net.
 import matplotlib.pyplot as plt
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import train_digits_net
 from sk_fastif.metrics import step_test
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import train_digits_net
 
 net, X_train, X_test, y_train, y_test = train_digits_net(
     0, split="permutation", n_train=500, n_test=20, max_epochs=20)

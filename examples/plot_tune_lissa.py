@@ -28,9 +28,10 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from skorch import NeuralNetClassifier
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import TanhMLP, load_digits_split
+from sk_fastif.datasets import load_digits_split
 from sk_fastif.metrics import make_influence_scorer
 from sk_fastif.solvers import Exact, LiSSA
+from sk_fastif.toy import TanhMLP
 
 # the digits scaled to [0, 1]: 400 rows of a seeded permutation, then the next 10 as queries
 X_train, X_query, y_train, y_query = load_digits_split(split="permutation", n_train=400,

@@ -5,12 +5,13 @@ Influence scores follow one convention everywhere:
 training point ``z_j`` were left out. Positive = helpful, negative = harmful.
 """
 
-from ._engine import InfluenceEngine
+from ._correct import correct_net
+from ._engine import InfluenceEngine, Scores
 from ._explainer import InfluenceExplainer
 from ._explanation import Explanation
-from ._net import TrainSplitWarning
+from .exceptions import TrainSplitWarning
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Explanation", "InfluenceEngine", "InfluenceExplainer", "TrainSplitWarning",
-           "__version__"]
+__all__ = ["Explanation", "InfluenceEngine", "InfluenceExplainer", "Scores",
+           "TrainSplitWarning", "__version__", "correct_net"]

@@ -1,41 +1,43 @@
 """InfluenceExplainer: the scikit-learn face of the influence engine.
 
-Parameters and their constraints, the input transform, one engine call per public method and
-the wrapping of its results. The computation itself lives in :mod:`sk_fastif._engine`.
+Parameters and their constraints, the input transform, one call of the engine's scoring
+pipeline per public method and the wrapping of its results. The computation lives in
+:mod:`sk_fastif._engine`, error correction in :mod:`sk_fastif._correct`.
 """
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _batch as rows_of
+from . import _inputs as rows_of
 from . import _net
 from . import _ranking as ranking
 from . import _sklearn_compat as compat
 from . import _validation as val
-from ._correct import ApplicationsMixin
-from ._engine import InfluenceEngine
+from ._correct import correct_net
+from ._engine import InfluenceEngine, Scores
 from ._explanation import Explanation
-from ._inputs import InputTransformer, is_dataset
-from ._parallel import Dispatcher, ParallelEngine, check_devices
+from ._inputs import is_dataset
+from ._net import fit_inputs
+from ._parallel import Dispatcher, check_devices
 from ._random import fit_seeds, needs_seed, seed_selector, seed_solver
+from ._sklearn_compat import Interval, StrOptions
 from .metrics import candidate_recall
 from .neighbors import BaseCandidates, warn_low_recall
-from .solvers import BaseSolver
+from .solvers import BaseSolver, SolveResult
 
 __all__ = ["InfluenceExplainer"]
 
-_PRIVATE_FIT_STATE = ("_inputs",)
+_PRIVATE_FIT_STATE = ("_inputs", "_last_solve")
 
 
-class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstimatorMixin,
-                         BaseEstimator):
+class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEstimator):
     """Explain a skorch net's predictions by the training points that most influenced them.
 
     For a test point ``z`` and training point ``z_j`` the influence score is
@@ -62,10 +64,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         :func:`~sk_fastif.solvers.auto_solver`; the choice is ``solver_``).
     candidates : BaseCandidates or None, default=None
         ``None`` scores every training point. A selector from :mod:`sk_fastif.neighbors` scores
-        only each test point's ``n_neighbors`` nearest training points in the net's feature
-        space (FastIF's pruning) or, for ``GradientSketchCandidates``, those of highest sketched
-        score in gradient space, computing training gradients once per distinct candidate of a
-        call; :meth:`influences` then returns a sparse matrix. The curvature still uses the
+        only each query's ``n_neighbors`` candidates (FastIF's pruning), in the training set or
+        a pool; :meth:`influences` then returns a sparse matrix. The curvature still uses the
         whole training set. Check the shortlists with :meth:`audit_candidates`.
     params : list of str or None, default=None
         Parameters to differentiate: ``None`` for all trainable parameters, otherwise module names
@@ -80,40 +80,29 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     n_jobs : int or None, default=None
         joblib workers for the solves, LiSSA's chains, the scoring passes and self-influence:
         ``None`` means 1 unless a :func:`joblib.parallel_config` context says otherwise, ``-1``
-        all cores. Any joblib backend (loky, threading, Dask); results do not depend on it
-        (see :doc:`/scaling`).
+        all cores; 0 is refused (by :meth:`fit` and by every call). Any joblib backend (loky,
+        threading, Dask); results do not depend on it (see :doc:`/scaling`).
     devices : list of str or None, default=None
         Devices the workers are bound to, round-robin (e.g. ``["cuda:0", "cuda:1"]``); ``None``
         uses the net's device. A device that does not exist is refused by :meth:`fit`.
     random_state : int, RandomState instance or None, default=None
-        :meth:`fit` draws one :class:`numpy.random.SeedSequence` from it (``None``: from numpy's
-        global generator) and spawns the seeds of a stochastic solver whose own
-        ``random_state`` is not an integer, of a selector whose own is None, of the audit
-        sample and, for an unfitted estimator, of its training (within
-        :func:`torch.random.fork_rng`). A fitted explainer gives the same results whatever
-        ``batch_size`` and whichever test points are explained together; an int makes them
-        reproducible across runs.
+        :meth:`fit` spawns from it the seeds of a stochastic solver whose own ``random_state``
+        is not an integer, of a selector whose own is None, of the audit sample and of an
+        unfitted estimator's training. Results do not depend on ``batch_size`` or on which test
+        points are explained together; an int makes them reproducible across runs.
     verbose : int, default=0
         ``> 0`` shows progress bars for passes over the training set.
 
     Attributes
     ----------
-    fitted_estimator_ : estimator
-        The estimator used: ``estimator`` itself when it was fitted, otherwise a fitted clone.
-    net_ : skorch.NeuralNet
-        The net inside it.
+    fitted_estimator_, net_ : estimator, skorch.NeuralNet
+        ``estimator`` itself when it was fitted, otherwise a fitted clone; the net inside it.
     engine_ : InfluenceEngine
-        The computation: gradients, curvature operator, prepared solver, training tensors.
-    solver_ : BaseSolver
-        The prepared clone of ``solver`` (the engine's).
-    candidates_ : BaseCandidates or None
-        The fitted clone of ``candidates`` (holding the neighbour index), or None.
-    task_ : Task
-        The net's task kind (classifier, binary, regressor) and target encoding.
-    seeds_ : FitSeeds
-        The seeds spawned by :meth:`fit`.
-    devices_ : list of torch.device
-        The devices of ``devices``, checked.
+        The computation and its one scoring pipeline (gradients, curvature, prepared solver).
+    solver_, candidates_ : BaseSolver, BaseCandidates or None
+        The prepared clone of ``solver``; the fitted clone of ``candidates``, or None.
+    task_, seeds_, devices_ : Task, FitSeeds, list of torch.device
+        The net's task kind and target encoding; the seeds spawned; the checked devices.
     n_params_, param_names_ : int, list of str
         Number and names of the parameters differentiated.
     n_train_ : int
@@ -123,7 +112,7 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     n_features_in_, feature_names_in_ : int, ndarray
         Features seen in :meth:`fit` (names for a DataFrame), checked as in scikit-learn.
     last_solve_ : SolveResult or None
-        Trace of the most recent solve (for convergence checks).
+        Deprecated: the trace of the most recent solve. Use :meth:`solve`, which returns it.
 
     Examples
     --------
@@ -150,7 +139,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         "params": [list, tuple, str, None],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "n_jobs": [Integral, None],
+        "n_jobs": [Interval(Integral, None, -1, closed="right"),
+                   Interval(Integral, 1, None, closed="left"), None],
         "devices": [list, tuple, str, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -181,8 +171,8 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         val.check_constructor_args(self)
         compat.discard_fit(self, _PRIVATE_FIT_STATE)
         pre, _ = _net.split_estimator(self.estimator)  # TypeError for non-skorch estimators
-        val.check_fit_data(X, y, has_preprocessor=pre is not None)
-        y = y if y is None or isinstance(y, torch.Tensor) else _net.numeric_target(y)
+        rows_of.check_fit_data(X, y, has_preprocessor=pre is not None)
+        y = y if y is None or isinstance(y, torch.Tensor) else rows_of.numeric_target(y)
         solver = self.solver  # "auto": chosen by the engine once it knows the parameters
         seeds = fit_seeds(self.random_state, needed=not isinstance(solver, str)
                           and needs_seed(solver))
@@ -192,19 +182,10 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         self.fitted_estimator_ = fitted
         pre, self.net_ = _net.split_estimator(fitted)
         _net.check_train_split(self.net_)
-        # n_features_in_ and, for a DataFrame with string column names, feature_names_in_
-        if not is_dataset(X) and not val.is_dict_input(X):  # feature counts, for arrays
+        if not is_dataset(X) and not rows_of.is_dict_input(X):  # feature counts, for arrays
             compat.validate_data(self, X, reset=True, skip_check_array=True)
 
-        dtype = _net.param_dtype(self.net_) or torch.float32
-        self._inputs = InputTransformer(pre, dtype, self.net_)
-        Xt, y_items = self._inputs.fit_transform(X)
-        y = val.dataset_targets(y, y_items)
-        _net.check_net_accepts(self.net_, Xt, after_preprocessing=pre is not None)
-        task = _net.Task.from_net(self.net_, Xt)
-        yt = task.encode(y, rows_of.n_rows(Xt))
-        self.task_ = task.with_train_labels(self.net_, yt)
-        self.y_train_ = np.asarray(y)
+        self._inputs, Xt, yt, self.task_, self.y_train_ = fit_inputs(pre, self.net_, X, y)
         engine = InfluenceEngine.from_net(
             self.net_, Xt, yt, params=self.params, curvature=self.curvature,
             batch_size=self.batch_size, verbose=self.verbose,
@@ -217,14 +198,12 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         self.engine_ = engine
         self.devices_ = check_devices(self.devices, engine.device)
         self.n_train_, self.n_params_ = engine.n_train, engine.n_params
-        self.param_names_ = list(engine.bridge.selected)
+        self.param_names_ = engine.param_names
         self.seeds_ = seeds
-        self.last_solve_ = None
-
+        self._last_solve = None
         selector = None
         if self.candidates is not None:
-            selector = seed_selector(clone(self.candidates), seeds).fit(self.net_, Xt,
-                                                                        engine=engine)
+            selector = seed_selector(clone(self.candidates), seeds).fit(engine.search_context())
         # set last: an interrupted fit leaves the explainer not fitted (see _check_fitted)
         self.candidates_ = selector
         return self
@@ -233,16 +212,17 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
     def _check_fitted(self):
         check_is_fitted(self, ["engine_", "solver_", "candidates_"])
 
-    def parallel_engine(self) -> ParallelEngine:
-        """The fitted engine, its heavy methods dispatched over ``n_jobs`` workers on ``devices``.
+    def parallel_engine(self) -> InfluenceEngine:
+        """The fitted engine, bound to ``n_jobs`` workers on ``devices`` (its one pipeline).
 
-        Used by every public method; results do not depend on ``n_jobs`` or the backend.
+        Used by every public method; a parameter changed after :meth:`fit` is checked here.
         """
         self._check_fitted()
-        return ParallelEngine(self.engine_, Dispatcher(self.n_jobs, self.devices_, self.verbose))
+        self._validate_params()
+        return self.engine_.bind(Dispatcher(self.n_jobs, self.devices_, self.verbose))
 
     def _check_features(self, X) -> None:
-        if not is_dataset(X) and not val.is_dict_input(X):
+        if not is_dataset(X) and not rows_of.is_dict_input(X):
             compat.validate_data(self, X, reset=False, skip_check_array=True)
 
     def as_engine_input(self, X, y=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,42 +240,49 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
             return Xt, self.task_.predicted_labels(proba)
         return Xt, self.task_.encode(y, rows_of.n_rows(Xt))
 
-    def _factors(self, Xt, yt, query: str = "each",
-                 consequence: str = "their influence scores are all 0") -> torch.Tensor:
-        engine = self.parallel_engine()
-        G = engine.gradients(Xt, yt)
-        if query == "mean":
-            G = G.mean(dim=0, keepdim=True)
-        val.warn_zero_gradients(G, consequence, stacklevel=3)
-        res = engine.factors(G)
-        self.last_solve_ = res
-        return res.solution
+    def _pool_input(self, X_pool, y_pool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pool as the engine takes it; errors name ``X_pool`` and ``y_pool``."""
+        val.check_pool(X_pool, y_pool)
+        with val.errors_naming(X="X_pool", y="y_pool"):
+            return self.as_engine_input(X_pool, y_pool)
 
-    def _shortlists(self, Xt, query: str, S) -> np.ndarray:
-        indices, _ = self.candidates_.kneighbors(self.net_, Xt, query=query, factors=S)
-        return np.sort(indices, axis=1)
+    def _scores(self, X, y, query: str, pool=None) -> tuple[Scores, np.ndarray | None]:
+        """The pipeline's scores of the queries (X, y) and their encoded labels."""
+        val.check_query(query)
+        data = None if pool is None else self._pool_input(*pool)
+        engine = self.parallel_engine()
+        Xt, yt = self.as_engine_input(X, y)
+        result = engine.scores(Xt, yt, data=data, selector=self.candidates_, query=query)
+        self._last_solve = result.solve
+        return result, (yt.cpu().numpy() if query == "each" else None)
+
+    def _check_k(self, k, n_data: int) -> int:
+        pruned = self.candidates_ is not None
+        return val.check_k(k, self.candidates_.n_neighbors if pruned else n_data, pruned=pruned)
 
     # ============================================================================ computation
+    def solve(self, X, y=None, *, query: str = "each") -> SolveResult:
+        """Solve for the iHVPs of the test points and return them with the solver's trace.
+
+        A :class:`~sk_fastif.solvers.SolveResult`: ``solution`` (one row per test point, or one
+        for ``query="mean"``), ``trace``, ``n_hvp``, ``converged``, ``n_iter``.
+        """
+        self._check_fitted()
+        val.check_query(query)
+        engine = self.parallel_engine()
+        return engine.solve_queries(*self.as_engine_input(X, y), query=query,
+                                    consequence="their influence factors are 0")
+
     def influence_factors(self, X, y=None) -> np.ndarray:
         """The iHVPs ``(H + λI)⁻¹ g(z)`` of the test points' loss gradients.
 
         An array of shape ``(n_test, n_params_)``, the reusable part of every score:
         ``score(z, z_j) = factors[z] · g(z_j) / n``. ``y=None`` explains the predicted label.
+        :meth:`solve` returns them with the solver's trace.
         """
-        Xt, yt = self.as_engine_input(X, y)
-        return self._factors(Xt, yt, consequence="their influence factors are 0").cpu().numpy()
-
-    def _scores(self, X, y, query: str):
-        """Dense scores, or ``(values, pool)`` of each row's candidates, and the test labels."""
-        val.check_query(query)
-        Xt, yt = self.as_engine_input(X, y)
-        S = self._factors(Xt, yt, query)
-        labels = yt.cpu().numpy() if query == "each" else None
-        engine = self.parallel_engine()
-        if self.candidates_ is None:
-            return engine.score_rows(S), None, labels
-        pool = self._shortlists(Xt, query, S)
-        return engine.score_candidates(S, pool), pool, labels
+        result = self.solve(X, y)
+        self._last_solve = result
+        return result.solution.cpu().numpy()
 
     def influences(self, X, y=None, *, query: str = "each"):
         """Influence of the training points on each test point.
@@ -310,11 +297,9 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         y : array-like of shape (n_test,) or None
             Targets; ``None`` explains the predicted label.
         query : {"each", "mean"}, default="each"
-            ``"each"``: one row per test point. ``"mean"``: the test points form one group and
-            the result has one row, the influence on the group's **mean** loss (equal to the
-            mean of the ``"each"`` rows over the same training points); with ``candidates`` its
-            shortlist comes from one neighbour query at the group's mean embedding (FastIF's
-            mean-of-anchors query).
+            ``"each"``: one row per test point. ``"mean"``: one row, the influence on the
+            group's **mean** loss (the mean of the ``"each"`` rows); with ``candidates`` its
+            shortlist comes from one query for the group (FastIF's mean-of-anchors query).
 
         Returns
         -------
@@ -324,52 +309,57 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
             row's ``n_neighbors`` candidates (``.indices``, sorted, explicit zeros kept); the
             other entries were **not scored**, which is not the same as a zero influence.
         """
-        scores, pool, _ = self._scores(X, y, query)
-        return scores if pool is None else ranking.candidates_to_csr(scores, pool, self.n_train_)
+        self._check_fitted()
+        return ranking.as_matrix(self._scores(X, y, query)[0])
 
     def explain(self, X, y=None, *, k: int = 10, query: str = "each") -> Explanation:
         """Most helpful and most harmful training points for each test point.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_test, n_features)
-        y : array-like of shape (n_test,) or None
-            Targets; ``None`` explains the predicted label.
-        k : int, default=10
-            Number of training points listed per kind. With ``candidates`` they are ranked among
-            each test point's candidates only, so ``k`` may not exceed the selector's
-            ``n_neighbors``.
-        query : {"each", "mean"}, default="each"
-            ``"mean"`` explains the group's mean loss in one row (see :meth:`influences`); its
-            ``test_labels`` is None.
-
-        Returns
-        -------
-        explanation : Explanation
-            ``helpful_*`` are the ``k`` highest scores (positive = the point supports the
-            prediction), ``harmful_*`` the ``k`` lowest. See :class:`Explanation`.
+        ``X``, ``y`` and ``query`` as in :meth:`influences`; ``k`` points are listed per kind,
+        ranked among each query's candidates with ``candidates`` (so ``k`` may not exceed
+        ``n_neighbors``). Returns an :class:`Explanation`: ``helpful_*`` the ``k`` highest scores
+        (the points support the prediction), ``harmful_*`` the ``k`` lowest.
         """
         self._check_fitted()
         val.check_query(query)
-        pruned = self.candidates_ is not None
-        k = val.check_k(k, self.candidates_.n_neighbors if pruned else self.n_train_,
-                        pruned=pruned)
-        scores, pool, labels = self._scores(X, y, query)
-        return ranking.explanation(scores, k, pool=pool, test_labels=labels,
+        k = self._check_k(k, self.n_train_)
+        result, labels = self._scores(X, y, query)
+        return ranking.explanation(result.values, k, pool=result.candidates, test_labels=labels,
                                    train_labels=self.y_train_)
+
+    def pool_influences(self, X, y=None, *, X_pool, y_pool, query: str = "each"):
+        """Influence that points of an outside pool would have on each test point.
+
+        ``(1/n) g(x_i)ᵀ (H + λI)⁻¹ g(p_j)``, the score pool point ``p_j`` would have as a
+        training point (positive = adding it should lower the test loss); ``y_pool`` is
+        required. Dense, or with ``candidates`` a CSR matrix of each row's candidates from a
+        selector of the same settings fitted on the pool (see :meth:`influences`).
+        """
+        self._check_fitted()
+        return ranking.as_matrix(self._scores(X, y, query, pool=(X_pool, y_pool))[0])
+
+    def explain_pool(self, X, y=None, *, X_pool, y_pool, k: int = 10,
+                     query: str = "each") -> Explanation:
+        """Most helpful and most harmful points of an outside pool for each test point.
+
+        Ranked by :meth:`pool_influences`: an :class:`Explanation` whose indices are rows of
+        ``X_pool`` and ``train_labels`` the pool's labels.
+        """
+        self._check_fitted()
+        k = self._check_k(k, val.check_pool(X_pool, y_pool))
+        result, labels = self._scores(X, y, query, pool=(X_pool, y_pool))
+        return ranking.explanation(result.values, k, pool=result.candidates, test_labels=labels,
+                                   train_labels=np.asarray(y_pool))
 
     def audit_candidates(self, X, y=None, *, top=10, kind: str = "helpful",
                          max_samples: int | None = 100, min_recall: float = 0.9):
         """Measure the recall of the candidate shortlists on a sample of queries.
 
-        Scores up to ``max_samples`` of the queries ``X`` (drawn with the seed spawned by
-        :meth:`fit`) exhaustively, with the same iHVPs, and computes ``R@m``, the fraction of
-        the true top-``m`` training points of ``kind`` that the shortlist holds: see
-        :func:`sk_fastif.metrics.candidate_recall` for the arguments and the result, which
-        also has ``sample_indices``. ``top`` may not exceed the selector's ``n_neighbors``.
+        :func:`sk_fastif.metrics.candidate_recall` (``R@m``, the fraction of the true top-``m``
+        of ``kind`` that each shortlist holds) on up to ``max_samples`` of the queries ``X``,
+        drawn with the seed spawned by :meth:`fit`; ``top`` may not exceed ``n_neighbors``.
         Warns :class:`~sk_fastif.neighbors.LowCandidateRecallWarning` when a mean ``R@m`` is
-        below ``min_recall``: raise ``n_neighbors`` or try another ``embedding``. Costs one
-        pass over the training gradients.
+        below ``min_recall``: raise ``n_neighbors`` or try another ``embedding``.
         """
         self._check_fitted()
         if self.candidates_ is None:
@@ -377,8 +367,7 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
                 "the explainer has no candidates: there is no shortlist to audit. Set "
                 "candidates=NNDescentCandidates(...) and fit again."
             )
-        k = self.candidates_.n_neighbors
-        tops = val.check_audit_args(top, max_samples, k)
+        tops = val.check_audit_args(top, max_samples, self.candidates_.n_neighbors)
         result = candidate_recall(self, X, y, top=tops, kind=kind, max_samples=max_samples,
                                   random_state=self.seeds_.audit)
         warn_low_recall(result, kind, min_recall, stacklevel=3)
@@ -388,40 +377,48 @@ class InfluenceExplainer(ApplicationsMixin, compat.PrefitSharingMixin, MetaEstim
         """Score of each point on itself, ``(1/n) g(z)ᵀ (H + λI)⁻¹ g(z)``.
 
         High self-influence flags points the model could not explain from the rest of the data,
-        such as mislabeled ones. It needs each point's own gradient only, so ``candidates``
-        does not change it.
-
-        ``X=None`` scores the training set with its labels; for other points ``y=None`` uses a
-        classifier's predicted label (a regressor needs ``y``). Returns an array of shape (n,).
+        such as mislabeled ones (``candidates`` does not change it). ``X=None`` scores the
+        training set with its labels; ``y=None`` uses a classifier's predicted label.
         """
         self._check_fitted()
         if X is None:
             if y is not None:
                 raise ValueError("y given without X: pass both, or neither for the training set.")
             return self.parallel_engine().self_scores()
-        return self.parallel_engine().self_scores(*self.as_engine_input(X, y))
+        return self.parallel_engine().self_scores_data(*self.as_engine_input(X, y))
 
     def score(self, X, y=None) -> float:
         """Minus the mean relative residual of the iHVPs: higher is better, 0 is exact.
 
-        ``-mean_i ‖(H + λI) s_i − g_i‖ / ‖g_i‖`` with ``s_i`` the solver's answer for test point
-        ``i``. It needs no reference solution, so a grid search over solver settings ranks them
-        meaningfully by default. Points whose gradient is exactly zero are left out (with a
-        warning); if every gradient is zero the score is 0.0.
-
-        A solver that diverges raises :class:`~sk_fastif.solvers.DivergenceError`; in a grid
-        search ``error_score=np.nan`` (the default) then ranks the setting last, with a warning
-        carrying the message.
+        ``-mean_i ‖(H + λI) s_i − g_i‖ / ‖g_i‖``: it needs no reference, so a grid search over
+        solver settings ranks them meaningfully by default. Zero-gradient points are left out
+        (with a warning). A diverging solver raises :class:`~sk_fastif.solvers.DivergenceError`
+        (in a grid search, ``error_score=np.nan`` ranks the setting last).
         """
-        Xt, yt = self.as_engine_input(X, y)
-        G = self.engine_.gradients(Xt, yt)
-        val.warn_zero_gradients(G, "they are solved exactly (by 0) and left out of the score",
-                                stacklevel=2)
-        res = self.parallel_engine().factors(G)
-        self.last_solve_ = res
-        rel = self.engine_.residuals(res.solution, G)
-        rel = rel[torch.isfinite(rel)]
-        return 0.0 if rel.numel() == 0 else -float(rel.mean())
+        engine = self.parallel_engine()
+        score, self._last_solve = engine.residual_score(*self.as_engine_input(X, y))
+        return score
+
+    def correct(self, X, y, **options):
+        """A copy of the net fine-tuned on the points most helpful for the examples it gets wrong.
+
+        FastIF's error correction: see :func:`sk_fastif.correct_net` for the options
+        (``n_steps``, ``n_anchors``, ``n_helpful``, ``lr``, ``strategy``, ``refresh``,
+        ``X_pool``/``y_pool``, ``X_val``/``y_val``, ``random_state``) and the result, a deep
+        copy of :attr:`fitted_estimator_` carrying ``correction_history_`` and
+        ``correction_step_``. Neither the user's estimator nor this explainer is modified.
+        """
+        self._check_fitted()
+        return correct_net(self, X, y, **options)
+
+    @property
+    def last_solve_(self) -> SolveResult | None:
+        """Deprecated: the trace of the latest solve; :meth:`solve` returns it."""
+        warnings.warn("last_solve_ is deprecated and will be removed in the next release: "
+                      "InfluenceExplainer.solve(X, y) returns the iHVPs with their trace.",
+                      FutureWarning, stacklevel=2)
+        self._check_fitted()
+        return self._last_solve
 
     # ============================================================================ delegation
     def _delegate(self, method: str, X):

@@ -1,16 +1,22 @@
 """The skorch adapter: what the rest of the package needs to know about the user's estimator.
 
 Splitting a ``Pipeline`` / ``FrozenEstimator`` into its preprocessing and its skorch net, whether
-it is fitted, training a clone of an unfitted one, eval mode, the net's dtype and device, and the
+it is fitted, training a clone of an unfitted one, eval mode, the net's dtype and device, the
 task kind (classifier, binary classifier or regressor) as one small :class:`Task` object, so that
-no other module branches on skorch's classes.
+no other module branches on skorch's classes, and :class:`NetBridge`: the net's own loss as a
+function of a flat vector of the selected parameters, which the gradients
+(:mod:`sk_fastif._gradients`) and the curvature (:mod:`sk_fastif._curvature`) differentiate.
+
+It sits just above the input handling (:mod:`sk_fastif._inputs`): it answers the questions
+only the net can answer for it through :class:`NetProbe`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,25 +26,34 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
+from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import _batch as rows_of
-from . import _validation as val
+from . import _inputs as rows_of
 from ._sklearn_compat import FrozenEstimator
+from .exceptions import TrainSplitWarning  # noqa: F401  (re-exported)
 
 __all__ = [
+    "NetBridge",
+    "NetProbe",
     "Task",
+    "VMAP_ERRORS",
     "check_net_accepts",
     "eval_mode",
     "fit_clone",
+    "fit_inputs",
     "is_fitted",
     "is_prefit",
     "net_modes",
-    "numeric_target",
     "param_dtype",
+    "select_parameters",
     "split_estimator",
 ]
 
 _CLASSIFICATION_LOSSES = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
+
+# what torch.func raises when it cannot batch an operation of the module
+VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
 
 
 @contextlib.contextmanager
@@ -128,23 +143,6 @@ def _is_classifier(net) -> bool:
     )
 
 
-def numeric_target(y) -> np.ndarray:
-    """``y`` as an array: pandas converted, an object array made numeric if it can be."""
-    y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") and hasattr(y, "index") else y)
-    if y.dtype == object:
-        try:
-            y = y.astype(np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(
-                "Unknown label type: y must hold numbers (class indices for a classifier)."
-            ) from None
-    return y
-
-
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    return torch.empty((), dtype=dtype).numpy().dtype
-
-
 def output_type_message(out) -> str:
     """The error for a module whose output the net's loss cannot take."""
     return (
@@ -172,22 +170,23 @@ class _TokenRangeError(Exception):
 def check_token_ids(net, X, batch_size: int = 256) -> None:
     """Token ids out of an embedding's range are a clear error (before any gradient).
 
-    Runs the net on ``X`` (a tensor, a dict or :class:`~sk_fastif._batch.DatasetRows`) with a
-    check on the input of every ``nn.Embedding`` / ``nn.EmbeddingBag``; only when ``X`` holds
-    integer values and the module has an embedding.
+    Runs the net on ``X`` (a tensor, a dict or :class:`~sk_fastif._inputs.DatasetRows`) with a
+    check on the input of every ``nn.Embedding`` / ``nn.EmbeddingBag`` (only when the module has
+    one). Floating-point values reaching an embedding are a ``TypeError`` that names the layers
+    taking integer inputs.
     """
     embeddings = {name: m for name, m in net.module_.named_modules()
                   if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))}
     if not embeddings:
         return
-    probe = rows_of.first(X)
-    if not any(not t.is_floating_point() and t.dtype != torch.bool
-               for t in rows_of.leaves(probe)):
-        return
     found: list = []
+    floats: list = []
 
     def hook(module, args, name):
         ids = args[0] if args else None
+        if isinstance(ids, torch.Tensor) and ids.is_floating_point():
+            floats.append((name, ids.dtype))  # torch would raise its own RuntimeError
+            raise _TokenRangeError
         if isinstance(ids, torch.Tensor) and ids.numel():
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= module.num_embeddings:
@@ -208,6 +207,13 @@ def check_token_ids(net, X, batch_size: int = 256) -> None:
     finally:
         for h in handles:
             h.remove()
+    if floats:
+        names = sorted({name for name, _ in floats})
+        raise TypeError(
+            f"The net's embedding layer(s) {names} take integer token ids, but X reaches them "
+            f"as floating-point values ({floats[0][1]}). Pass X as integers (e.g. "
+            "X.astype('int64')): integer inputs are kept integer for the net."
+        )
     if found:
         name, size, bad = found[0]
         raise ValueError(
@@ -217,51 +223,38 @@ def check_token_ids(net, X, batch_size: int = 256) -> None:
         )
 
 
-def bare_net_input(X, dtype: torch.dtype | None, net=None):
-    """``X`` as handed to a bare skorch net: a validated array in ``dtype``.
+@dataclass(frozen=True)
+class NetProbe:
+    """What the input handling may ask of a fitted net, picklable.
 
-    Integer values stay integer when ``net`` runs on them (token ids); a dict keeps its keys
-    (each value converted alike); a Dataset is passed as it is.
+    :class:`~sk_fastif._inputs.InputTransformer` and :func:`~sk_fastif._inputs.bare_net_input`
+    take it as their ``probe``: the input room cannot run the net itself.
 
-    The influence computations feed the net ``X`` as a tensor in its parameters' dtype; the
-    same conversion for ``fit``/``predict`` keeps both views of ``X`` identical (skorch itself
-    would pass a DataFrame's columns as keyword arguments and does not cast), and invalid input
-    (NaN, sparse, complex, 1-D, empty) is refused before the net is trained.
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        The fitted net (pickled with the transformer that holds the probe).
     """
-    if isinstance(X, torch.utils.data.Dataset):
-        return X
-    if val.is_dict_input(X):
-        val.check_dict_input(X)
-        X = {k: val.check_net_array(v, name=f"X[{k!r}]", ensure_2d=False)
-             for k, v in X.items()}
-    else:
-        X = val.check_net_array(X)
-    if dtype is None:
-        return X
-    target = _numpy_dtype(dtype)
 
-    def cast(X, ints: bool):
-        if isinstance(X, dict):
-            return {k: cast(v, ints) for k, v in X.items()}
-        return X.astype(target) if X.dtype.kind == "f" or ints else X
+    net: object
 
-    kept = cast(X, ints=False)  # floating values in the net's dtype, integers as they are
-    has_ints = any(v.dtype.kind in "biu" for v in (kept.values() if isinstance(kept, dict)
-                                                   else [kept]))
-    if not has_ints or (net is not None and runs_on(net, rows_of.first(
-            rows_of.from_numpy(kept)))):
-        return kept
-    return cast(X, ints=True)  # the net cannot take its integers: its floating dtype
+    def runs_on(self, X) -> bool:
+        """Whether the net's module runs on the inputs ``X`` (a few rows), in eval mode."""
+        return runs_on(self.net, X)
+
+    def check_token_ids(self, X) -> None:
+        """Token ids out of an embedding's range are a clear error, see :func:`check_token_ids`."""
+        check_token_ids(self.net, X)
 
 
 def _bare_net_target(net, y, dtype: torch.dtype | None):
     """``y`` for training a clone of a bare net: class indices as int64, floats in ``dtype``."""
-    y = numeric_target(y)
+    y = rows_of.numeric_target(y)
     if (_is_classifier(net) and y.dtype.kind == "f" and np.all(np.isfinite(y))
             and np.all(y == np.round(y))):
         return y.astype(np.int64)
     if dtype is not None and y.dtype.kind == "f":
-        return y.astype(_numpy_dtype(dtype), copy=False)
+        return y.astype(rows_of.numpy_dtype(dtype), copy=False)
     return y
 
 
@@ -284,7 +277,7 @@ def fit_clone(estimator, X, y, seed: int | None):
             # initialize + partial_fit is skorch's fit; initializing first gives the dtype
             fitted.initialize()
             dtype = param_dtype(fitted)
-            fitted.partial_fit(bare_net_input(X, dtype, fitted),
+            fitted.partial_fit(rows_of.bare_net_input(X, dtype, NetProbe(fitted)),
                                None if y is None else _bare_net_target(fitted, y, dtype))
         else:
             fitted.fit(X, y)
@@ -344,12 +337,12 @@ class Task:
     def with_train_labels(self, net, y: torch.Tensor) -> Task:
         """Record the training labels of a classifier (from the encoded training ``y``)."""
         if self.kind == "classifier":
-            self.train_labels = val.train_labels(net, y.cpu().numpy())
+            self.train_labels = train_labels(net, y.cpu().numpy())
         return self
 
     def encode(self, y, n_rows: int) -> torch.Tensor:
         """Check ``y`` against the task and return it as the tensor the net's loss takes."""
-        y = val.check_y_basic(y)
+        y = rows_of.check_y_basic(y)
         if y.shape[0] != n_rows:
             raise ValueError(f"y has {y.shape[0]} rows but X has {n_rows}.")
         if self.kind == "classifier":
@@ -362,7 +355,7 @@ class Task:
                     f"y holds labels outside 0..{self.n_outputs - 1}, the classes the net "
                     f"outputs: {sorted(set(np.unique(y).tolist()) - set(range(self.n_outputs)))}."
                 )
-            val.check_labels_seen(y, self.train_labels)
+            rows_of.check_labels_seen(y, self.train_labels)
             return torch.as_tensor(y.astype(np.int64), device=self.device)
         if self.kind == "binary":
             if not np.all(np.isin(y, (0, 1))):
@@ -385,6 +378,18 @@ class Task:
             p1 = proba[:, 1] if proba.dim() == 2 else proba
             return (p1 > self.threshold).to(self.dtype)
         return proba.argmax(dim=1)
+
+
+def train_labels(net, y: np.ndarray) -> np.ndarray:
+    """The class labels the net was trained on: its ``classes_inferred_`` when it is a subset of
+    the output indices, else the labels of the training ``y`` passed to ``fit``."""
+    labels = np.unique(y)
+    inferred = getattr(net, "classes_inferred_", None)
+    if inferred is not None:
+        inferred = np.asarray(inferred)
+        if inferred.dtype.kind in "iu" and set(labels.tolist()) <= set(inferred.tolist()):
+            return inferred
+    return labels
 
 
 def predict_proba_tensor(net, Xt, batch_size: int) -> torch.Tensor:
@@ -411,27 +416,6 @@ def check_net_accepts(net, Xt, *, after_preprocessing: bool) -> None:
         raise TypeError(output_type_message(out))
 
 
-class TrainSplitWarning(UserWarning):
-    """Warned by :meth:`InfluenceExplainer.fit` when the net held out part of its training data.
-
-    Examples
-    --------
-    >>> import warnings
-    >>> import numpy as np, torch
-    >>> from skorch import NeuralNetClassifier
-    >>> from sk_fastif import InfluenceExplainer, TrainSplitWarning
-    >>> X = np.random.RandomState(0).randn(50, 3).astype("float32")
-    >>> y = (X[:, 0] > 0).astype("int64")
-    >>> net = NeuralNetClassifier(torch.nn.Linear(3, 2), criterion=torch.nn.CrossEntropyLoss,
-    ...                           max_epochs=1, verbose=0).fit(X, y)  # skorch's ValidSplit(5)
-    >>> with warnings.catch_warnings(record=True) as caught:
-    ...     warnings.simplefilter("always")
-    ...     _ = InfluenceExplainer(net).fit(X, y)
-    >>> any(w.category is TrainSplitWarning for w in caught)
-    True
-    """
-
-
 def check_train_split(net) -> None:
     """Warn when ``net`` trained with a validation split (its history has validation batches).
 
@@ -452,3 +436,299 @@ def check_train_split(net) -> None:
         f"net trained on: train the net with train_split=None on exactly the rows to explain, "
         f"or pass fit only the rows of its training split.",
         TrainSplitWarning, stacklevel=3)
+
+
+def fit_inputs(preprocessor, net, X, y):
+    """The training inputs of an explainer: transformer, inputs, targets and task.
+
+    Returns ``(transformer, Xt, yt, task, y)``: the fitted
+    :class:`~sk_fastif._inputs.InputTransformer`, the net's input, the encoded targets, the
+    net's :class:`Task` (with the training
+    labels recorded) and the raw targets as an ndarray (a Dataset's own when ``y`` is None).
+    """
+    transformer = rows_of.InputTransformer(preprocessor, param_dtype(net) or torch.float32,
+                                           NetProbe(net))
+    Xt, y_items = transformer.fit_transform(X)
+    y = rows_of.dataset_targets(y, y_items)
+    check_net_accepts(net, Xt, after_preprocessing=preprocessor is not None)
+    task = Task.from_net(net, Xt)
+    yt = task.encode(y, rows_of.n_rows(Xt))
+    return transformer, Xt, yt, task.with_train_labels(net, yt), np.asarray(y)
+
+
+# ------------------------------------------------------------------------- the loss bridge
+def select_parameters(
+    module: torch.nn.Module, params: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    """Split the module's trainable parameter names into (selected, frozen).
+
+    ``params=None`` selects every parameter with ``requires_grad``. Otherwise each entry is a
+    module name or a parameter-name prefix: ``"fc2"`` selects ``fc2.weight`` and ``fc2.bias``;
+    ``"fc2.weight"`` selects that one tensor.
+    """
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    if params is None:
+        selected = names
+    else:
+        if isinstance(params, str):
+            params = [params]
+        selected = []
+        unknown = []
+        for prefix in params:
+            hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+            if not hits:
+                unknown.append(prefix)
+            selected.extend(h for h in hits if h not in selected)
+        if unknown:
+            modules = sorted({n.rsplit(".", 1)[0] for n in names if "." in n})
+            raise ValueError(
+                f"params={list(params)!r}: {unknown!r} name no trainable parameter of the module. "
+                f"Module names: {modules}; parameter names: {names}."
+            )
+        # keep the module's own order so results do not depend on the order of ``params``
+        selected = [n for n in names if n in selected]
+    if not selected:
+        raise ValueError("params selects no trainable parameter (all have requires_grad=False).")
+    frozen = [n for n, _ in module.named_parameters() if n not in selected]
+    return selected, frozen
+
+
+class _LossModule(torch.nn.Module):
+    """Holds the net's module so :func:`functional_call` can reparametrise it inside ``infer``."""
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.inner = net.module_
+        object.__setattr__(self, "_net", net)
+
+    def forward(self, x) -> torch.Tensor:
+        out = self._net.infer(x)
+        if isinstance(out, Mapping):  # e.g. a Hugging Face ModelOutput
+            raise TypeError(output_type_message(out))
+        return out
+
+
+class NetBridge:
+    """The loss of a fitted skorch net as a function of a flat parameter vector ``theta``.
+
+    Every loss goes through the net's own ``infer`` and ``get_loss`` (``training=False``) with the
+    module in eval mode. The selected parameters are snapshotted into ``theta`` and the others
+    (and the buffers) into ``fixed``, so the net is never modified. The per-sample pieces
+    (:meth:`output`, :meth:`loss_of_output`, :meth:`sample_loss`, :meth:`mean_loss`) are what
+    :mod:`sk_fastif._gradients` differentiates once and :mod:`sk_fastif._curvature` twice.
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        A fitted (initialized) net.
+    params : list of str or None
+        Parameter selection, see :func:`select_parameters`.
+    batch_size : int
+        Number of samples per vectorised chunk (memory knob).
+
+    Attributes
+    ----------
+    use_vmap : bool
+        False once :func:`torch.func.vmap` failed on the module: per-sample loops from then on.
+    use_forward_scoring : bool
+        False once forward mode failed on the module (in
+        :func:`sk_fastif._gradients.iter_products`): scores from gradient blocks from then on.
+    batch_loss_is_mean : bool
+        Whether the net's batch loss equals the mean of its per-sample losses (checked on the
+        training data by :meth:`check_batch_loss_is_mean`); curvature products then use it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skorch import NeuralNetRegressor
+    >>> from sk_fastif._net import NetBridge
+    >>> net = NeuralNetRegressor(torch.nn.Linear, module__in_features=3,
+    ...                          module__out_features=1).initialize()
+    >>> bridge = NetBridge(net, params=["weight"])
+    >>> bridge.selected, bridge.n_params
+    (['weight'], 3)
+    >>> bridge.losses(torch.zeros(4, 3), torch.zeros(4, 1)).shape
+    torch.Size([4])
+    """
+
+    def __init__(self, net, params=None, batch_size=128) -> None:
+        self.net = net
+        self.batch_size = int(batch_size)
+        module = net.module_
+        self.selected, frozen = select_parameters(module, params)
+        named = dict(module.named_parameters())
+        self.shapes = [named[n].shape for n in self.selected]
+        self.numels = [named[n].numel() for n in self.selected]
+        self.theta = torch.cat([named[n].detach().reshape(-1) for n in self.selected]).clone()
+        self.dtype = self.theta.dtype
+        self.device = self.theta.device
+        self.fixed = {"inner." + n: named[n].detach().clone() for n in frozen}
+        self.fixed.update({"inner." + n: b.detach() for n, b in module.named_buffers()})
+        self._wrapper = _LossModule(net)
+        self.use_vmap = True
+        self.use_forward_scoring = True
+        self.batch_loss_is_mean = False
+
+    def __getstate__(self) -> dict:
+        # skorch pickles ``net.module_`` on its own, so an unpickled wrapper would hold a copy
+        # of the module that ``net.infer`` no longer runs: rebuild it from the unpickled net.
+        state = self.__dict__.copy()
+        state.pop("_wrapper", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"use_forward_scoring": True, **state})  # older pickles lack it
+        self._wrapper = _LossModule(self.net)
+
+    # ----------------------------------------------------------------------------- basic pieces
+    @property
+    def n_params(self) -> int:
+        return int(self.theta.numel())
+
+    def _as_dict(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        pieces = torch.split(theta, self.numels)
+        out = {"inner." + n: p.view(s) for n, p, s in zip(self.selected, pieces, self.shapes)}
+        out.update(self.fixed)
+        return out
+
+    def output(self, theta: torch.Tensor, x) -> torch.Tensor:
+        """Net output for one sample ``x`` (no batch dimension), as a batch of one."""
+        return self.batch_output(theta, rows_of.unsqueeze(x))
+
+    def batch_output(self, theta: torch.Tensor, X) -> torch.Tensor:
+        """Net output (``net.infer``) for a batch ``X``, with the selected parameters ``theta``."""
+        return functional_call(self._wrapper, self._as_dict(theta), (X,))
+
+    def loss_of_output(self, out: torch.Tensor, x, y: torch.Tensor) -> torch.Tensor:
+        """The net's loss of the output ``out`` of one sample ``x`` with target ``y``."""
+        loss = self.net.get_loss(out, y.unsqueeze(0), X=rows_of.unsqueeze(x), training=False)
+        return loss.reshape(())
+
+    def sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The net's loss of one sample ``(x, y)`` (no batch dimension) at ``theta``."""
+        return self.loss_of_output(self.output(theta, x), x, y)
+
+    def batch_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The net's own loss on a whole batch (equal to the mean loss when reduction is mean)."""
+        out = self.batch_output(theta, X)
+        return self.net.get_loss(out, y, X=X, training=False).reshape(())
+
+    def check_batch_loss_is_mean(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        """Use the (faster) batch loss when it equals the mean of per-sample losses here."""
+        self.batch_loss_is_mean = False
+        if len(y) < 2:
+            return
+        X, y = self.on_device(X, y, slice(0, min(len(y), 16)))
+        with self.modes(), torch.no_grad():
+            try:
+                whole = self.batch_loss(self.theta, X, y)
+                per_sample = self.mean_loss(self.theta, X, y)
+            except (RuntimeError, ValueError, TypeError):
+                return
+        if not bool(torch.isfinite(per_sample)):
+            raise ValueError(
+                "The net's loss is not finite on the training data (first rows). A common cause "
+                "is NeuralNetClassifier's default NLLLoss on a module that returns logits: use "
+                "criterion=torch.nn.CrossEntropyLoss or end the module with a softmax."
+            )
+        self.batch_loss_is_mean = bool(
+            torch.allclose(whole, per_sample, rtol=1e-5, atol=1e-7 * float(per_sample.abs()))
+        )
+
+    def mean_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean per-sample loss over the batch ``(X, y)`` at ``theta``."""
+        if getattr(self, "batch_loss_is_mean", False):
+            return self.batch_loss(theta, X, y)
+        if self.use_vmap:
+            try:
+                return vmap(self.sample_loss, in_dims=(None, 0, 0))(theta, X, y).mean()
+            except VMAP_ERRORS as exc:
+                self.disable_vmap(exc)
+        return torch.stack([self.sample_loss(theta, xi, yi)
+                            for xi, yi in zip(rows_of.samples(X), y)]).mean()
+
+    def per_sample(self, fn, X, y: torch.Tensor) -> torch.Tensor:
+        """``fn(theta, x_i, y_i)`` for every sample of the batch, stacked (vmapped if it can)."""
+        if self.use_vmap:
+            try:
+                return vmap(fn, in_dims=(None, 0, 0))(self.theta, X, y)
+            except VMAP_ERRORS as exc:
+                self.disable_vmap(exc)
+        return torch.stack([fn(self.theta, xi, yi) for xi, yi in zip(rows_of.samples(X), y)])
+
+    def disable_vmap(self, exc: BaseException) -> None:
+        """Switch to the per-sample loops for good, and say so once."""
+        if self.use_vmap:
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"torch.func.vmap cannot run this module ({type(exc).__name__}: {first_line}); "
+                "falling back to slower per-sample loops (same results).",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+        self.use_vmap = False
+
+    def disable_forward_scoring(self) -> None:
+        """Forward mode failed on the module: score from gradient blocks for good (silently)."""
+        self.use_forward_scoring = False
+
+    def chunks(self, n: int) -> Iterator[slice]:
+        """Slices of ``range(n)`` of ``batch_size`` rows."""
+        return rows_of.chunks(n, self.batch_size)
+
+    def on_device(self, X, y: torch.Tensor, rows) -> tuple:
+        """Rows ``rows`` (a slice or indices) of ``(X, y)``, on the net's device."""
+        if not isinstance(rows, slice):
+            rows = torch.as_tensor(rows, dtype=torch.long)
+            y = y[rows.to(y.device)]
+        else:
+            y = y[rows]
+        return rows_of.to_device(rows_of.take(X, rows), self.device), y.to(self.device)
+
+    @contextlib.contextmanager
+    def modes(self):
+        """Eval mode for the net's module and criterion, restored on exit.
+
+        Attention runs on PyTorch's reference ("math") kernel meanwhile, and the fused
+        inference path of ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` is off:
+        neither has second derivatives, forward-mode AD or a batching rule, which Hessian and
+        Gauss-Newton products and vmapped gradients need (the values are the same).
+        """
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with net_modes(self.net), sdpa_kernel([SDPBackend.MATH]):
+                yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+
+    def losses(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses, shape (n,)."""
+        out = []
+        with self.modes(), torch.no_grad():
+            for sl in self.chunks(len(y)):
+                out.append(self.per_sample(self.sample_loss, *self.on_device(X, y, sl)))
+        return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype)
+
+    # ----------------------------------------------------------------------------- devices
+    def to(self, device: str | torch.device) -> NetBridge:
+        """A copy of this bridge on ``device``, over a deep copy of the net moved there.
+
+        The user's net is never moved: the copy owns its own net. The parameter snapshot, the
+        selection and the flags found on the way (``use_vmap``, ``use_forward_scoring``,
+        ``batch_loss_is_mean``) are kept, so the copy computes the same functions.
+        """
+        device = torch.device(device)
+        net = copy.deepcopy(self.net)
+        net.module_.to(device)
+        criterion = getattr(net, "criterion_", None)
+        if isinstance(criterion, torch.nn.Module):
+            criterion.to(device)
+        net.device = str(device)  # skorch's ``infer`` moves its input to ``net.device``
+        new = copy.copy(self)
+        new.net = net
+        new.theta = self.theta.to(device)
+        new.fixed = {k: v.to(device) for k, v in self.fixed.items()}
+        new.device = device
+        new._wrapper = _LossModule(net)
+        return new

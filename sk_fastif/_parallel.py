@@ -1,7 +1,9 @@
 """Dispatch of engine work over joblib workers (loky, threading, Dask), each bound to a device.
 
-A call is cut into **work units** (blocks of test points for the solve, partitions of the
-training set for the scoring pass, chunks of points for self-influence). The units are dealt
+This module only maps and reduces: the engine cuts a call into **work units** (the solver's
+units for a solve, partitions of the scored set for a scoring pass, chunks of points for
+self-influence) and puts their results back together (:meth:`InfluenceEngine.bind
+<sk_fastif.InfluenceEngine.bind>`); a :class:`Dispatcher` runs them. The units are dealt
 into one contiguous **share** per worker, so each worker receives the engine once per call and
 keeps it for all its units; results come back in the units' order, whatever the backend. Seeds
 are fixed before dispatch (a solver's seed never depends on the block it solves), so results do
@@ -16,25 +18,19 @@ safe to share between threads for every operation.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from joblib import Parallel, cpu_count, delayed, effective_n_jobs
+from joblib import cpu_count, effective_n_jobs
+from sklearn.utils.parallel import Parallel, delayed
 from tqdm.auto import tqdm
 
-from . import _batch as rows_of
-from ._engine import merge_results
-
-__all__ = ["Dispatcher", "ParallelEngine", "check_devices", "split_units"]
-
-logger = logging.getLogger("sk_fastif")
+__all__ = ["Dispatcher", "check_devices", "split_units"]
 
 def check_devices(devices, default: torch.device) -> list[torch.device]:
     """The devices work is bound to: ``[default]`` for None; a clear ValueError for bad ones."""
@@ -225,166 +221,3 @@ class Dispatcher:
         finally:
             bar.close()
         return results
-
-
-# ------------------------------------------------------------------------------ the kernels
-def _factors(engine, rows: slice, G: torch.Tensor):
-    return engine.factors(G[rows])
-
-
-def _score_rows(engine, rows: slice, S: torch.Tensor) -> np.ndarray:
-    return engine.score_rows(S, np.arange(rows.start, rows.stop))
-
-
-def _score_candidates(engine, rows: slice, S: torch.Tensor, C: np.ndarray) -> np.ndarray:
-    return engine.score_candidates(S[rows], C[rows])
-
-
-def _self_scores(engine, rows: slice, X, y: torch.Tensor | None):
-    if X is None:
-        return engine.self_scores(np.arange(rows.start, rows.stop))
-    return engine.self_scores_data(rows_of.take(X, rows), y[rows])
-
-
-class ParallelEngine:
-    """An engine's computations, dispatched over the workers of a :class:`Dispatcher`.
-
-    The same methods as :class:`~sk_fastif.InfluenceEngine` that dominate a call, and the same
-    results: ``factors`` over blocks of ``batch_size`` test points, ``score_rows`` over
-    partitions of the training set, ``score_candidates`` over blocks of test points, and the
-    self-influence over chunks of points. With one worker on the engine's own device every
-    method is the engine's, in this process.
-    """
-
-    def __init__(self, engine, dispatcher: Dispatcher) -> None:
-        self.engine = engine
-        self.dispatcher = dispatcher
-
-    def __getattr__(self, name: str):
-        if name in ("engine", "dispatcher"):
-            raise AttributeError(name)
-        return getattr(self.engine, name)  # gradients, residuals, n_train, ...
-
-    def with_solver(self, solver) -> ParallelEngine:
-        """The same dispatch over a sibling engine with another (prepared) solver."""
-        return ParallelEngine(self.engine.with_solver(solver), self.dispatcher)
-
-    @property
-    def _parallel(self) -> bool:
-        return self.dispatcher.parallel(self.engine)
-
-    @contextlib.contextmanager
-    def _timed(self, phase: str, n: int) -> Iterator[None]:
-        """Log the phase's wall time at INFO (logger ``sk_fastif``)."""
-        t0 = time.perf_counter()
-        yield
-        logger.info("%s: %d rows in %.3f s (%d workers)", phase, n, time.perf_counter() - t0,
-                    self.dispatcher.n_workers if self._parallel else 1)
-
-    def gradients(self, X: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
-        """The engine's per-sample gradients of (X, y), in this process (timed)."""
-        with self._timed("gradients", len(y)):
-            return self.engine.gradients(X, y, **kw)
-
-    def factors(self, G: torch.Tensor):
-        """The iHVPs of the rows of ``G``, one block of ``batch_size`` rows per work unit."""
-        with self._timed("solve", len(G)):
-            if not self._parallel:
-                return self.engine.factors(G)
-            n_workers = self.dispatcher.n_workers
-            n_repeats = int(self.engine.solver.get_params().get("n_repeats", 1))
-            if n_repeats > 1 and hasattr(self.engine.solver, "solve_chains"):
-                return self._factors_by_chains(G, n_repeats)
-            # blocks of batch_size test points, smaller when that leaves a worker idle (a
-            # solution never depends on the block it is solved in)
-            size = min(self.engine.bridge.batch_size, -(-len(G) // n_workers))
-            units = split_units(len(G), size)
-            results = self.dispatcher.map(self.engine, _factors, units, G, desc="solves")
-            S = torch.cat([r.solution.to(G.device) for r in results]) if results else G[:0]
-            self._adopt_restarts(results)
-            return merge_results(results, S)
-
-    def _factors_by_chains(self, G: torch.Tensor, n_repeats: int):
-        """LiSSA's ``n_repeats`` chains spread over the workers, and averaged (FastIF's variant).
-
-        Units are (block of test points, group of chains). The groups of a block must end at
-        one scale to be averaged: a group that an automatic-scale restart left behind is run
-        again at the scale the others reached, as a sequential solve would have done.
-        """
-        n_groups = min(n_repeats, self.dispatcher.n_workers)
-        groups = [tuple(int(r) for r in g) for g in np.array_split(np.arange(n_repeats), n_groups)]
-        blocks = split_units(len(G), self.engine.bridge.batch_size)
-        units = [(rows, g, None) for rows in blocks for g in groups]
-        results = self.dispatcher.map(self.engine, _chains, units, G, desc="LiSSA chains")
-        self._adopt_restarts(results)
-        while True:
-            by_block = [results[i * n_groups:(i + 1) * n_groups] for i in range(len(blocks))]
-            top = [max(float(r.info["scale"]) for r in rs) for rs in by_block]
-            behind = [(b, j) for b, rs in enumerate(by_block) for j, r in enumerate(rs)
-                      if float(r.info["scale"]) < top[b]]
-            if not behind:
-                break
-            redo = [(blocks[b], groups[j], top[b]) for b, j in behind]
-            again = self.dispatcher.map(self.engine, _chains, redo, G, desc="LiSSA chains")
-            self._adopt_restarts(again)
-            for (b, j), r in zip(behind, again):
-                results[b * n_groups + j] = r
-        merged = []
-        for rs in by_block:
-            S = sum(r.solution.to(G.device) for r in rs[1:]) + rs[0].solution.to(G.device)
-            block = merge_results(rs, S)
-            block.n_hvp = sum(r.n_hvp for r in rs)
-            merged.append(block)
-        S = torch.cat([m.solution for m in merged]) if merged else G[:0]
-        result = merge_results(merged, S)
-        result.info.pop("repeats", None)
-        return result
-
-    def _adopt_restarts(self, results) -> None:
-        """Keep a scale that a worker's restart doubled (as a sequential solve would)."""
-        solver = self.engine.solver
-        restarts = [r for res in results for r in res.info.get("restarts", [])]
-        if restarts and hasattr(solver, "restarts_"):
-            solver.restarts_.extend(restarts)
-            solver.scale_ = max(float(res.info["scale"]) for res in results)
-
-    def _training_units(self, n: int) -> list[slice]:
-        per = -(-n // (4 * self.dispatcher.n_workers))  # a few units per worker: progress
-        return split_units(n, max(per, self.engine.bridge.batch_size))
-
-    def score_rows(self, S: torch.Tensor) -> np.ndarray:
-        """Scores of every training point, one partition of the training set per work unit."""
-        with self._timed("scoring", self.engine.n_train):
-            if not self._parallel:
-                return self.engine.score_rows(S)
-            units = self._training_units(self.engine.n_train)
-            parts = self.dispatcher.map(self.engine, _score_rows, units, S, desc="scoring")
-            return np.concatenate(parts, axis=1)
-
-    def score_candidates(self, S: torch.Tensor, C: np.ndarray) -> np.ndarray:
-        """Scores of each row's candidates, one block of test points per work unit."""
-        with self._timed("candidate scoring", C.size):
-            if not self._parallel:
-                return self.engine.score_candidates(S, C)
-            units = split_units(len(S), max(1, -(-len(S) // self.dispatcher.n_workers)))
-            parts = self.dispatcher.map(self.engine, _score_candidates, units, S, C,
-                                        desc="candidate scoring")
-            return np.concatenate(parts, axis=0)
-
-    def self_scores(self, X: torch.Tensor | None = None, y: torch.Tensor | None = None
-                    ) -> np.ndarray:
-        """Self-influence of the training set (``X=None``) or of the points (X, y)."""
-        n = self.engine.n_train if X is None else len(y)
-        with self._timed("self-influence", n):
-            if not self._parallel:
-                return (self.engine.self_scores() if X is None
-                        else self.engine.self_scores_data(X, y))
-            units = self._training_units(n)
-            parts = self.dispatcher.map(self.engine, _self_scores, units, X, y,
-                                        desc="self-influence")
-            return np.concatenate(parts)
-
-
-def _chains(engine, unit: tuple[slice, tuple[int, ...], float | None], G: torch.Tensor):
-    rows, repeats, scale = unit
-    return engine.solver.solve_chains(engine.op, G[rows], repeats, scale=scale)

@@ -87,3 +87,11 @@ def csr_to_candidates(scores) -> tuple[np.ndarray, np.ndarray]:
     if kc == 0 or np.any(np.diff(scores.indptr) != kc):
         raise ValueError("expected the same number of candidates in every row of the scores.")
     return scores.data.reshape(m, kc), scores.indices.reshape(m, kc).astype(np.int64)
+
+
+def as_matrix(scores):
+    """The matrix of a :class:`~sk_fastif.InfluenceEngine.scores` result: the dense array, or a
+    CSR matrix holding exactly each row's candidates (sorted, explicit zeros kept)."""
+    if scores.candidates is None:
+        return scores.values
+    return candidates_to_csr(scores.values, scores.candidates, scores.n_data)

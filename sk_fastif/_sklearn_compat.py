@@ -1,4 +1,6 @@
-"""scikit-learn glue: the prefit-sharing clone and the ``set_params`` hints."""
+"""scikit-learn glue: the prefit-sharing clone, the ``set_params`` hints, and the one door to
+scikit-learn's private helpers (parameter validation, sample counting), so that a change there
+is mended in this file alone."""
 
 from __future__ import annotations
 
@@ -8,10 +10,26 @@ from collections.abc import Callable
 
 from sklearn.base import BaseEstimator, clone
 from sklearn.frozen import FrozenEstimator
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+    make_constraint,
+    validate_parameter_constraints,
+    validate_params,
+)
+from sklearn.utils.validation import _num_samples as num_samples
 from sklearn.utils.validation import validate_data
 
 __all__ = [
     "FrozenEstimator",
+    "Interval",
+    "InvalidParameterError",
+    "StrOptions",
+    "make_constraint",
+    "num_samples",
+    "validate_parameter_constraints",
+    "validate_params",
     "PrefitSharingMixin",
     "check_param_names",
     "clone_sharing_prefit",

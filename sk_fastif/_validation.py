@@ -1,21 +1,24 @@
-"""Stateless checks of arguments and arrays, shared by the modules of the package.
+"""Stateless checks of the computations and of the call arguments that are not input.
 
-Every check raises ``ValueError`` or ``TypeError`` with a message that names the argument and
-says what was expected, before any array reaches torch, so that bad input never surfaces as a
-stack trace from deep inside a dependency or as a silent NaN.
+Input checks (arrays, dicts, Datasets, targets) live with the input handling in
+:mod:`sk_fastif._inputs`; here are the checks of what the computations produce (finite
+gradients, products and scores; zero gradients) and of the arguments of the public methods
+(``k``, ``query``, ``kind``, the pool, the audit's arguments), each raising ``ValueError`` or
+``TypeError`` with a message that names the argument and says what was expected.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import warnings
-from collections.abc import Mapping
-from numbers import Integral, Real
+from collections.abc import Iterator
+from numbers import Integral
 
 import numpy as np
 import torch
-from scipy import sparse
-from sklearn.utils import check_array
-from sklearn.utils.validation import _num_samples
+
+from ._inputs import n_samples
 
 
 def check_constructor_args(explainer) -> None:
@@ -30,212 +33,6 @@ def check_constructor_args(explainer) -> None:
                 f"params must be None, a string or a list of strings naming modules or "
                 f"parameters; got non-string entries {bad!r}."
             )
-
-
-def shape_of(X, *, strict: bool = True, name: str = "X") -> tuple:
-    """Shape of an array-like without converting it.
-
-    A ragged nested list raises ValueError when ``strict``, else gives ``()`` (raw input of a
-    pipeline may legitimately be ragged, e.g. token lists).
-    """
-    shape = getattr(X, "shape", None)
-    if shape is None:
-        try:
-            shape = np.shape(X)
-        except (ValueError, TypeError):
-            if not strict:
-                return ()
-            raise ValueError(
-                f"{name} is ragged: every sample must have the same shape. Sequences (token "
-                f"ids) must be padded to one length, with an attention mask as another input "
-                f"(a dict), e.g. a tokenizer's padding=True."
-            ) from None
-    return tuple(int(s) for s in shape)
-
-
-def check_fit_data(X, y, *, has_preprocessor: bool) -> None:
-    """Cheap checks of the training data, before a clone is fitted or any gradient is taken."""
-    if X is None:
-        raise ValueError("X is required: pass the training inputs the net learned from.")
-    if isinstance(X, torch.utils.data.Dataset) and hasattr(X, "__len__"):
-        if y is not None:
-            check_y_basic(y, name="y")
-            if len(X) != n_samples(y, "y"):
-                raise ValueError(f"X and y have inconsistent numbers of samples: X has "
-                                 f"{len(X)}, y has {n_samples(y, 'y')}.")
-        if len(X) == 0:
-            raise ValueError("X is empty: fit needs at least one training sample.")
-        return
-    if y is None:
-        raise ValueError(  # scikit-learn's wording for estimators that require y
-            "InfluenceExplainer requires y to be passed, but the target y is None: influence "
-            "needs the training labels."
-        )
-    check_y_basic(y, name="y")
-    n_x, n_y = n_samples(X, "X"), n_samples(y, "y")
-    if n_x != n_y:
-        raise ValueError(f"X and y have inconsistent numbers of samples: X has {n_x}, y has {n_y}.")
-    if n_x == 0:
-        raise ValueError("X is empty: fit needs at least one training sample.")
-    if not has_preprocessor and not is_dict_input(X):
-        check_input_shape(shape_of(X), None)
-
-
-def is_dict_input(X) -> bool:
-    """Whether ``X`` is a dict input (skorch's keyword arguments), not a sparse DOK matrix."""
-    return isinstance(X, Mapping) and not sparse.issparse(X)
-
-
-def n_samples(a, name: str) -> int:
-    if is_dict_input(a):
-        check_dict_input(a, name=name)
-        return n_samples(next(iter(a.values())), f"{name}[{next(iter(a))!r}]")
-    if isinstance(a, torch.utils.data.Dataset) and hasattr(a, "__len__"):
-        return len(a)
-    if isinstance(a, torch.Tensor):
-        if a.dim() == 0:
-            raise ValueError(f"{name} must be array-like with one row per sample; got a scalar.")
-        return int(a.shape[0])
-    try:
-        return int(_num_samples(a))
-    except TypeError as exc:
-        raise ValueError(
-            f"{name} must be array-like with one row per sample; got {type(a).__name__} "
-            f"({exc})."
-        ) from None
-
-
-def check_dict_input(X: Mapping, *, name: str = "X") -> None:
-    """A dict input: string keys, and one row per sample in every value (the same count)."""
-    if not X:
-        raise ValueError(f"{name} is an empty dict: it must map input names to arrays.")
-    bad = [k for k in X if not isinstance(k, str)]
-    if bad:
-        raise TypeError(f"{name}'s keys must be strings (the module's argument names); got "
-                        f"{bad!r}.")
-    lengths = {}
-    for k, v in X.items():
-        if isinstance(v, Mapping):
-            raise TypeError(f"{name}[{k!r}] is a dict: nested dicts are not supported.")
-        shape = shape_of(v, name=f"{name}[{k!r}]")
-        if not shape:
-            raise ValueError(f"{name}[{k!r}] must have one row per sample; got a scalar.")
-        lengths[k] = shape[0]
-    if len(set(lengths.values())) > 1:
-        raise ValueError(
-            f"The values of {name} disagree in length (one row per sample in each): "
-            + ", ".join(f"{k!r} has {n}" for k, n in lengths.items()) + "."
-        )
-
-
-def dataset_targets(y, y_items):
-    """``y``, else the targets a Dataset's items carry; an error when neither is there."""
-    if y is not None:
-        return y
-    if y_items is None:
-        raise ValueError(
-            "y is None and the Dataset's items carry no target (they are not (x, y) pairs, or "
-            "a skorch Dataset built with y=None): pass y, the training labels."
-        )
-    return y_items
-
-
-def check_y_basic(y, *, name: str = "y") -> np.ndarray:
-    """Return ``y`` as an ndarray after checking it is non-scalar, numeric and finite."""
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    try:
-        y = np.asarray(y)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{name} must be an array-like of targets; {exc}") from None
-    if y.ndim == 0:
-        raise ValueError(
-            f"{name} must be array-like of shape (n_samples,) or (n_samples, n_outputs); got a "
-            f"scalar {y!r}. Wrap a single target in a list."
-        )
-    if y.dtype.kind == "c":  # scikit-learn's wording
-        raise ValueError(f"Complex data not supported: {name} has dtype {y.dtype}.")
-    if y.dtype.kind == "O" and all(isinstance(v, Real) for v in y.ravel()):
-        y = y.astype(np.float64)  # e.g. a pandas object column of numbers
-    if y.dtype.kind not in "biuf":
-        hint = (
-            " Encode class labels as the integer indices the net outputs (e.g. with "
-            "sklearn.preprocessing.LabelEncoder)."
-            if y.dtype.kind in "USO"
-            else ""
-        )
-        raise TypeError(  # "Unknown label type" is scikit-learn's wording
-            f"Unknown label type: {name} must be numeric; got dtype {y.dtype}.{hint}"
-        )
-    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        raise ValueError(f"{name} contains NaN or infinity.")
-    return y
-
-
-def check_input_shape(shape: tuple, expected: tuple | None, *,
-                      after_preprocessing: bool = False) -> None:
-    """Check the shape of the net's input: at least 2-D, non-empty, the fitted feature shape."""
-    what = "X (after the pipeline's preprocessing)" if after_preprocessing else "X"
-    if len(shape) < 2:
-        got = "a scalar" if not shape else f"a 1-D array of shape {shape}"
-        raise ValueError(
-            f"{what} must be 2-D, shape (n_samples, n_features); got {got}. Reshape your data: "
-            f"X.reshape(1, -1) for a single sample, X.reshape(-1, 1) for a single feature."
-        )
-    if shape[0] == 0:
-        raise ValueError(f"{what} is empty: at least one sample is required.")
-    if expected is not None and tuple(shape[1:]) != tuple(expected):
-        if len(shape) == 2 and len(expected) == 1:  # scikit-learn's wording
-            raise ValueError(
-                f"{what} has {shape[1]} features, but InfluenceExplainer is expecting "
-                f"{expected[0]} features as input."
-            )
-        raise ValueError(
-            f"{what} has samples of shape {tuple(shape[1:])}, but the explainer was fitted "
-            f"with samples of shape {tuple(expected)}."
-        )
-
-
-def check_input_tensor(Xt: torch.Tensor, *, after_preprocessing: bool, name: str = "X") -> None:
-    """The net's input after conversion to its dtype must still be finite (no overflow).
-
-    The input was checked finite before the cast, so only an overflow to +-inf is possible:
-    the extremes tell, without the temporaries of an element-wise ``isfinite`` (which would
-    double the memory held for the training data in ``fit``).
-    """
-    if Xt.numel() == 0 or not Xt.dtype.is_floating_point:
-        return
-    if not (bool(torch.isfinite(Xt.amax())) and bool(torch.isfinite(Xt.amin()))):
-        what = f"{name} (after the pipeline's preprocessing)" if after_preprocessing else name
-        limit = float(torch.finfo(Xt.dtype).max) if Xt.dtype.is_floating_point else None
-        raise ValueError(
-            f"{what} has values too large for the net's dtype {Xt.dtype} "
-            f"(largest finite value {limit:.3g}): they overflow to infinity. Rescale X."
-        )
-
-
-def train_labels(net, y: np.ndarray) -> np.ndarray:
-    """The class labels the net was trained on: its ``classes_inferred_`` when it is a subset of
-    the output indices, else the labels of the training ``y`` passed to ``fit``."""
-    labels = np.unique(y)
-    inferred = getattr(net, "classes_inferred_", None)
-    if inferred is not None:
-        inferred = np.asarray(inferred)
-        if inferred.dtype.kind in "iu" and set(labels.tolist()) <= set(inferred.tolist()):
-            return inferred
-    return labels
-
-
-def check_labels_seen(y: np.ndarray, seen: np.ndarray | None) -> None:
-    """Explaining a label the net never saw in training is not meaningful: say so."""
-    if seen is None or y.size == 0:
-        return
-    unseen = sorted(set(np.unique(y).tolist()) - set(np.asarray(seen).tolist()))
-    if unseen:
-        raise ValueError(
-            f"y holds labels the net was never trained on: {unseen[:10]}; the training labels "
-            f"are {np.asarray(seen).tolist()[:20]}."
-        )
 
 
 def check_finite_gradients(
@@ -268,6 +65,22 @@ def check_finite_products(P: torch.Tensor, gradients, *, what: str, offset: int 
         check_finite_gradients(gradients(), what=what, offset=offset, rows=rows)
 
 
+def check_finite_scores(values: np.ndarray) -> None:
+    """Raise when influence scores are not finite although every gradient was (an overflow).
+
+    The scoring pipeline's one check, for every path: scores are never returned as inf or NaN.
+    """
+    values = np.asarray(values)
+    if values.size and not np.isfinite(values).all():
+        n_bad = int((~np.isfinite(values)).sum())
+        raise ValueError(
+            f"{n_bad} influence score(s) are not finite (inf or NaN) although the loss "
+            "gradients are: their products overflow the net's floating-point type. The inputs "
+            "or the gradients are too large; rescale X (e.g. with a StandardScaler in a "
+            "Pipeline) or use a float64 net."
+        )
+
+
 def check_finite_training_loss(bridge, Xt: torch.Tensor, yt: torch.Tensor) -> None:
     """One forward pass over the training set at ``fit``: every per-sample loss must be finite."""
     losses = bridge.losses(Xt, yt)
@@ -294,18 +107,38 @@ def warn_zero_gradients(G: torch.Tensor, consequence: str, *, stacklevel: int = 
         )
 
 
-def check_net_array(X, *, name: str = "X", ensure_2d: bool = True) -> np.ndarray:
-    """A numeric, finite, dense array (any rank >= 2 is left to the shape checks), writable."""
+@contextlib.contextmanager
+def errors_naming(**names: str) -> Iterator[None]:
+    """Errors raised inside name the caller's arguments: ``errors_naming(X="X_pool")``.
+
+    Input checks speak of ``X`` and ``y``; for an outside pool the user passed ``X_pool`` and
+    ``y_pool``, so a ``ValueError`` or ``TypeError`` is raised again (same type, chained) with
+    each whole-word name replaced.
+    """
     try:
-        X = check_array(X, accept_sparse=False, dtype="numeric", ensure_all_finite=True,
-                        allow_nd=True, ensure_2d=ensure_2d, input_name=name)
-    except ValueError as exc:  # name the argument in scikit-learn's messages that do not
-        if name in str(exc):
+        yield
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        new = pattern.sub(lambda m: names[m.group(1)], msg)
+        if new == msg:
             raise
-        raise ValueError(f"Invalid {name}: {exc}") from exc
-    if not X.flags.writeable:  # e.g. a pandas copy-on-write view: torch wants writable arrays
-        X = X.copy()
-    return X
+        raise type(exc)(new) from exc
+
+
+def check_pool(X_pool, y_pool) -> int:
+    """``X_pool`` and ``y_pool`` of the pool methods: both given, not empty; their size."""
+    if y_pool is None:
+        raise ValueError(
+            "X_pool was given without y_pool: a pool without labels cannot be scored (the "
+            "influence of a point needs its loss gradient, hence its label). Pass y_pool."
+        )
+    if X_pool is None:
+        raise ValueError("y_pool was given without X_pool: pass both, or neither.")
+    n = n_samples(X_pool, "X_pool")
+    if n == 0:
+        raise ValueError("X_pool is empty: at least one pool point is required.")
+    return n
 
 
 def check_query(query: str) -> None:

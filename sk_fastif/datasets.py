@@ -1,44 +1,58 @@
-"""Small problems and example nets for the demo, the examples, the tests and the benchmarks.
+"""Small problems for the demo, the examples, the tests and the benchmarks: data only.
 
 Everything here is built from what scikit-learn ships or generates, so it runs offline:
 
 * :func:`load_digits_split`: scikit-learn's 8x8 digits, scaled to [0, 1], split in two;
 * :func:`make_classification_split`: a synthetic ``make_classification`` problem, split in two;
 * :func:`flip_labels`: plant label noise, returning which labels were flipped;
-* :func:`make_noisy_labels`: the same noise, returning the flip mask;
 * :func:`make_shortcut_digits`: digits with a planted shortcut, and a challenge split breaking it;
-* :class:`TanhMLP`: a tanh multi-layer perceptron with named ``hidden`` and ``output`` layers;
-* :func:`make_mlp_classifier` and :func:`train_mlp_classifier`: a skorch classifier around it;
-* :func:`train_digits_net`: the demo's digits classifier and its split.
+* :func:`make_premise_hypothesis`: a premise/hypothesis task with a lexical-overlap shortcut.
 
 Every splitter returns ``X_train, X_test, y_train, y_test``, the order of
 :func:`sklearn.model_selection.train_test_split`, with ``float32`` features and ``int64`` labels:
 the dtypes a skorch classifier trained with :class:`torch.nn.CrossEntropyLoss` expects.
+
+The example modules and nets that used to live here (``TanhMLP``, ``make_mlp_classifier``,
+``train_mlp_classifier``, ``train_digits_net``) are in :mod:`sk_fastif.toy`; importing them
+from here still works until 0.2, with a :class:`FutureWarning`. :func:`make_noisy_labels` is
+deprecated in favour of :func:`flip_labels`.
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.datasets import load_digits, make_classification
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from skorch import NeuralNetClassifier
 
 __all__ = [
-    "TanhMLP",
     "flip_labels",
     "load_digits_split",
     "make_classification_split",
     "make_noisy_labels",
     "make_premise_hypothesis",
     "make_shortcut_digits",
-    "make_mlp_classifier",
-    "train_digits_net",
-    "train_mlp_classifier",
 ]
+
+# names moved to sk_fastif.toy, importable from here (with a FutureWarning) until 0.2
+_MOVED_TO_TOY = frozenset({"TanhMLP", "make_mlp_classifier", "train_digits_net",
+                           "train_mlp_classifier"})
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_TOY:
+        warnings.warn(
+            f"sk_fastif.datasets.{name} has moved to sk_fastif.toy.{name}; import it from "
+            f"sk_fastif.toy. The old location is deprecated in 0.1 and will be removed in 0.2.",
+            FutureWarning, stacklevel=2)
+        # imported here, not at module level: toy imports datasets, never the other way round
+        return getattr(importlib.import_module("sk_fastif.toy"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _SPLITS = ("stratified", "random", "permutation")
 
@@ -99,7 +113,7 @@ def load_digits_split(
 
     See Also
     --------
-    train_digits_net : Train the demo's classifier on this split.
+    sk_fastif.toy.train_digits_net : Train the demo's classifier on this split.
 
     Examples
     --------
@@ -221,7 +235,8 @@ def flip_labels(y, fraction: float, *, random_state=0) -> tuple[np.ndarray, np.n
         A copy of ``y`` (same dtype) with the flipped labels.
     flipped : ndarray of shape (round(fraction * n_samples),), dtype int64
         Indices of the flipped samples, in increasing order: ``y_noisy[i] != y[i]`` exactly for
-        these ``i``.
+        these ``i``. ``np.isin(np.arange(len(y)), flipped)`` is the boolean mask over the
+        samples that :func:`sk_fastif.metrics.mislabel_detection_curve` takes.
 
     Examples
     --------
@@ -232,6 +247,8 @@ def flip_labels(y, fraction: float, *, random_state=0) -> tuple[np.ndarray, np.n
     >>> len(flipped), bool(np.all(y_noisy[flipped] != y[flipped]))
     (3, True)
     >>> np.flatnonzero(y_noisy != y).tolist() == flipped.tolist()
+    True
+    >>> np.isin(np.arange(len(y)), flipped).tolist() == (y_noisy != y).tolist()
     True
     """
     y = np.asarray(y)
@@ -252,221 +269,17 @@ def flip_labels(y, fraction: float, *, random_state=0) -> tuple[np.ndarray, np.n
     return y_noisy, flipped
 
 
-class TanhMLP(torch.nn.Module):
-    """A tanh multi-layer perceptron with named layers, returning logits.
-
-    ``n_in -> n_hidden (-> n_hidden ...) -> n_out``, a tanh after every hidden layer. The layers
-    are attributes ``hidden``, ``hidden2``, ``hidden3``, ... and ``output``, created in that
-    order (so a given ``torch.manual_seed`` gives the same weights as a hand-written module with
-    these layers), which lets an explainer select them by name (``params=["output"]``).
-
-    Parameters
-    ----------
-    n_in : int, default=64
-        Number of input features (64: the 8x8 digits).
-    n_hidden : int, default=32
-        Width of each hidden layer.
-    n_out : int, default=10
-        Number of outputs (classes).
-    n_hidden_layers : int, default=1
-        Number of hidden layers.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sk_fastif.datasets import TanhMLP
-    >>> module = TanhMLP(n_in=6, n_hidden=8, n_out=3)
-    >>> module(torch.zeros(5, 6)).shape
-    torch.Size([5, 3])
-    >>> [name for name, _ in TanhMLP(n_hidden_layers=2).named_children()]
-    ['hidden', 'hidden2', 'output']
-    """
-
-    def __init__(
-        self, *, n_in: int = 64, n_hidden: int = 32, n_out: int = 10, n_hidden_layers: int = 1
-    ) -> None:
-        super().__init__()
-        if n_hidden_layers < 1:
-            raise ValueError(f"n_hidden_layers must be >= 1, got {n_hidden_layers}.")
-        self.hidden = torch.nn.Linear(n_in, n_hidden)
-        self._hidden_names = ["hidden"]
-        for i in range(2, n_hidden_layers + 1):
-            setattr(self, f"hidden{i}", torch.nn.Linear(n_hidden, n_hidden))
-            self._hidden_names.append(f"hidden{i}")
-        self.output = torch.nn.Linear(n_hidden, n_out)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """Logits of shape ``(len(X), n_out)``."""
-        for name in self._hidden_names:
-            X = torch.tanh(getattr(self, name)(X))
-        return self.output(X)
-
-
-def make_mlp_classifier(
-    n_in: int = 64,
-    n_out: int = 10,
-    *,
-    n_hidden: int = 32,
-    n_hidden_layers: int = 1,
-    lr: float = 0.01,
-    max_epochs: int = 40,
-    batch_size: int = 64,
-    **params,
-) -> NeuralNetClassifier:
-    """An unfitted skorch classifier around :class:`TanhMLP`, trained with Adam.
-
-    The criterion is :class:`torch.nn.CrossEntropyLoss` (the module returns logits), the
-    optimizer :class:`torch.optim.Adam`, with no validation split and no printing: the settings
-    of the demo, for which the defaults are chosen.
-
-    Parameters
-    ----------
-    n_in : int, default=64
-        Number of input features.
-    n_out : int, default=10
-        Number of classes.
-    n_hidden : int, default=32
-        Width of each hidden layer.
-    n_hidden_layers : int, default=1
-        Number of hidden layers.
-    lr : float, default=0.01
-        Learning rate.
-    max_epochs : int, default=40
-        Number of training epochs.
-    batch_size : int, default=64
-        Minibatch size.
-    **params
-        Any other parameter of :class:`skorch.NeuralNetClassifier`; these take precedence over
-        the settings above (e.g. ``optimizer=torch.optim.SGD``, ``criterion=...``).
-
-    Returns
-    -------
-    net : skorch.NeuralNetClassifier
-        The unfitted net.
-
-    See Also
-    --------
-    train_mlp_classifier : Build and fit it in one call, from a seed.
-
-    Examples
-    --------
-    >>> from sk_fastif.datasets import make_mlp_classifier
-    >>> net = make_mlp_classifier(6, 3, n_hidden=8).initialize()
-    >>> sum(p.numel() for p in net.module_.parameters())
-    83
-    """
-    settings = {
-        "module__n_in": n_in,
-        "module__n_hidden": n_hidden,
-        "module__n_out": n_out,
-        "module__n_hidden_layers": n_hidden_layers,
-        "criterion": torch.nn.CrossEntropyLoss,
-        "optimizer": torch.optim.Adam,
-        "lr": lr,
-        "max_epochs": max_epochs,
-        "batch_size": batch_size,
-        "train_split": None,
-        "verbose": 0,
-    }
-    return NeuralNetClassifier(TanhMLP, **{**settings, **params})
-
-
-def train_mlp_classifier(
-    X, y, *, n_out: int | None = None, random_state: int = 0, **params
-) -> NeuralNetClassifier:
-    """Fit :func:`make_mlp_classifier` on ``X, y`` after seeding torch.
-
-    Calls ``torch.manual_seed(random_state)`` (which sets torch's global generator: the initial
-    weights and the minibatch order follow from it), then fits. The same seed and data give the
-    same weights.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features), dtype float32
-        Training features; ``n_features`` sets the module's ``n_in``.
-    y : ndarray of shape (n_samples,), dtype int64
-        Class indices.
-    n_out : int or None, default=None
-        Number of outputs; None: ``y.max() + 1``. Pass more to leave some outputs untrained.
-    random_state : int, default=0
-        Seed given to :func:`torch.manual_seed`.
-    **params
-        Arguments of :func:`make_mlp_classifier` (``n_hidden``, ``lr``, ``max_epochs``, ...)
-        or of :class:`skorch.NeuralNetClassifier`.
-
-    Returns
-    -------
-    net : skorch.NeuralNetClassifier
-        The fitted net.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sk_fastif.datasets import make_classification_split, train_mlp_classifier
-    >>> X_train, X_test, y_train, y_test = make_classification_split(80, 20, n_features=4)
-    >>> net = train_mlp_classifier(X_train, y_train, n_hidden=8, max_epochs=5)
-    >>> net.predict(X_test).shape
-    (20,)
-    """
-    n_out = int(np.max(y)) + 1 if n_out is None else n_out
-    torch.manual_seed(random_state)
-    net = make_mlp_classifier(np.shape(X)[1], n_out, **params)
-    return net.fit(X, y)
-
-
-def train_digits_net(
-    random_state: int = 0,
-    *,
-    split: str = "stratified",
-    n_train: int | None = None,
-    n_test: int | None = None,
-    **params,
-) -> tuple[NeuralNetClassifier, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split the digits and train a 64-32-10 tanh MLP on the training part (the demo's net).
-
-    :func:`load_digits_split` (80/20, stratified, by default) then :func:`train_mlp_classifier`
-    with Adam, ``lr=0.01``, 40 epochs of minibatches of 64, both seeded by ``random_state``.
-
-    Parameters
-    ----------
-    random_state : int, default=0
-        Seed of the split and of :func:`torch.manual_seed` before training.
-    split : {"stratified", "random", "permutation"}, default="stratified"
-        How :func:`load_digits_split` divides the rows.
-    n_train, n_test : int or None, default=None
-        Sizes of the two parts, as in :func:`load_digits_split`.
-    **params
-        Arguments of :func:`make_mlp_classifier` (``n_hidden``, ``max_epochs``, ...).
-
-    Returns
-    -------
-    net : skorch.NeuralNetClassifier
-        The fitted net.
-    X_train, X_test, y_train, y_test : ndarray
-        The split, as :func:`load_digits_split` returns it.
-
-    Examples
-    --------
-    >>> from sk_fastif.datasets import train_digits_net
-    >>> net, X_train, X_test, y_train, y_test = train_digits_net(
-    ...     split="permutation", n_train=200, n_test=50, max_epochs=1)
-    >>> net.predict(X_test).shape
-    (50,)
-    """
-    X_train, X_test, y_train, y_test = load_digits_split(
-        split=split, n_train=n_train, n_test=n_test, random_state=random_state)
-    net = train_mlp_classifier(X_train, y_train, n_out=10, random_state=random_state, **params)
-    return net, X_train, X_test, y_train, y_test
-
-
 def make_noisy_labels(y, rate: float, random_state=0) -> tuple[np.ndarray, np.ndarray]:
     """Plant label noise at ``rate``: the noisy labels and the boolean mask of the flipped ones.
 
-    This *is* :func:`flip_labels` (the same draw: exactly ``round(rate * len(y))`` samples
-    get a label drawn uniformly among the other classes; the same ``random_state`` flips the
-    same samples), returned in the form :func:`sk_fastif.metrics.mislabel_detection_curve`
-    takes: a boolean mask over the samples instead of their indices. There is one noise
-    model in the package; use whichever form suits.
+    .. deprecated:: 0.1
+        ``make_noisy_labels`` is deprecated in 0.1 and will be removed in 0.2: use
+        :func:`flip_labels`, the one label-noise function, and build the mask from the indices
+        it returns, with ``np.isin(np.arange(len(y)), flipped)`` or a boolean array
+        (``mask = np.zeros(len(y), dtype=bool); mask[flipped] = True``).
+
+    The same draw as ``flip_labels(y, rate, random_state=random_state)``, returned as a boolean
+    mask over the samples instead of their indices.
 
     Parameters
     ----------
@@ -490,15 +303,21 @@ def make_noisy_labels(y, rate: float, random_state=0) -> tuple[np.ndarray, np.nd
 
     Examples
     --------
+    The replacement, :func:`flip_labels` with the mask built from its indices:
+
     >>> import numpy as np
-    >>> from sk_fastif.datasets import flip_labels, make_noisy_labels
+    >>> from sk_fastif.datasets import flip_labels
     >>> y = np.arange(20) % 4
-    >>> y_noisy, is_flipped = make_noisy_labels(y, 0.25, random_state=1)
+    >>> y_noisy, flipped = flip_labels(y, 0.25, random_state=1)
+    >>> is_flipped = np.isin(np.arange(len(y)), flipped)
     >>> int(is_flipped.sum()), bool(np.all((y_noisy != y) == is_flipped))
     (5, True)
-    >>> np.flatnonzero(is_flipped).tolist() == flip_labels(y, 0.25, random_state=1)[1].tolist()
-    True
     """
+    warnings.warn(
+        "make_noisy_labels is deprecated in 0.1 and will be removed in 0.2; use "
+        "flip_labels(y, fraction, random_state=...), which returns the flipped indices, and "
+        "build the mask with np.isin(np.arange(len(y)), flipped) if needed.",
+        FutureWarning, stacklevel=2)
     y_noisy, flipped = flip_labels(y, rate, random_state=random_state)
     is_flipped = np.zeros(len(y_noisy), dtype=bool)
     is_flipped[flipped] = True

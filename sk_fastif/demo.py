@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from . import InfluenceExplainer
-from .datasets import TanhMLP, train_digits_net
 from .solvers import CG
+from .toy import TanhMLP, train_digits_net
 
-# The digits net and its training now live in sk_fastif.datasets; the old names stay importable.
+# The digits net and its training live in sk_fastif.toy; the old names stay importable here.
 DigitsMLP = TanhMLP
 
 

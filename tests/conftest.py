@@ -6,13 +6,14 @@ import torch
 from sklearn.datasets import make_regression
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 
-from sk_fastif.datasets import TanhMLP, load_digits_split, train_mlp_classifier
+from sk_fastif.datasets import load_digits_split
+from sk_fastif.toy import TanhMLP, train_mlp_classifier
 
 torch.set_num_threads(2)
 
 
 class MLP(TanhMLP):
-    """The suite's digits MLP: :class:`~sk_fastif.datasets.TanhMLP`, 16 hidden units by default."""
+    """The suite's digits MLP: :class:`~sk_fastif.toy.TanhMLP`, 16 hidden units by default."""
 
     def __init__(self, n_in=64, n_hidden=16, n_out=10):
         super().__init__(n_in=n_in, n_hidden=n_hidden, n_out=n_out)

@@ -1,4 +1,6 @@
-"""The applications: correct, pool scoring, mislabel ranking, step_test and their datasets.
+"""The applications: correct, pool scoring, mislabel ranking and their datasets.
+
+The step test and the mislabel curve's closed forms live in tests/metrics/.
 
 Truth comes from closed forms (an explicit Hessian of a small linear model, one hand-made SGD
 step), from the planted answer (flipped labels, the shortcut pixel) or from another path.
@@ -21,13 +23,12 @@ from sk_fastif.datasets import (
     SHORTCUT_PIXELS,
     flip_labels,
     load_digits_split,
-    make_noisy_labels,
     make_shortcut_digits,
-    train_mlp_classifier,
 )
-from sk_fastif.metrics import mislabel_detection_curve, step_test
+from sk_fastif.metrics import mislabel_detection_curve
 from sk_fastif.neighbors import ExactCandidates
 from sk_fastif.solvers import Exact
+from sk_fastif.toy import train_mlp_classifier
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -250,54 +251,15 @@ def test_pool_scoring_refuses_a_pool_without_labels(linear):
 
 
 # ============================================================================= mislabels
-def test_mislabel_curve_closed_forms():
-    flipped = np.array([True, False, False, True, False])
-    fi, ff, auc = mislabel_detection_curve([5, 1, 2, 4, 3], flipped)  # flips first
-    np.testing.assert_allclose(fi, [0, .2, .4, .6, .8, 1])
-    np.testing.assert_allclose(ff, [0, .5, 1, 1, 1, 1])
-    assert auc == pytest.approx(1 - 0.4 / 2)
-    _, ff, auc = mislabel_detection_curve([1, 5, 4, 2, 3], flipped)  # flips last
-    np.testing.assert_allclose(ff, [0, 0, 0, 0, .5, 1])
-    assert auc == pytest.approx(0.4 / 2)
-    fi, ff, auc = mislabel_detection_curve(np.zeros(5), flipped)  # one tie: the diagonal
-    np.testing.assert_allclose(fi, [0, 1]) and np.testing.assert_allclose(ff, [0, 1])
-    assert auc == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="mask"):
-        mislabel_detection_curve([1.0, 2.0, 3.0], [0, 2, 0])
-    with pytest.raises(ValueError, match="no point"):
-        mislabel_detection_curve([1.0, 2.0], [False, False])
-
-
 def test_self_influence_finds_planted_flipped_labels():
     X, _, y, _ = load_digits_split(split="permutation", n_train=500, n_test=0, random_state=3)
-    y_noisy, is_flipped = make_noisy_labels(y, 0.1, random_state=3)
+    y_noisy, flipped = flip_labels(y, 0.1, random_state=3)
+    is_flipped = np.isin(np.arange(len(y)), flipped)
     net = train_mlp_classifier(X, y_noisy, n_out=10, random_state=3, max_epochs=30)
     expl = InfluenceExplainer(net, params=["output"], solver=Exact(damping=1e-3)).fit(X, y_noisy)
     fi, ff, auc = mislabel_detection_curve(expl.self_influence(), is_flipped)
     found_20 = float(np.interp(0.2, fi, ff))
     assert found_20 >= 0.6 and auc >= 0.8, (found_20, auc)  # chance: 0.2 and 0.5
-
-
-# ============================================================================== step test
-def test_step_test_matches_a_hand_made_step(linear):
-    net, X, y = linear
-    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
-    res = step_test(expl, X[:6], y[:6], k=5, lr=0.05, random_state=0)
-    ex = expl.explain(X[:6], y[:6], k=5)
-    for i in range(6):
-        manual = copy.deepcopy(net.module_)
-        rows = ex.helpful_indices[i]
-        ce = torch.nn.functional.cross_entropy
-        ce(manual(torch.as_tensor(X[rows])), torch.as_tensor(y[rows])).backward()
-        xi, yi = torch.as_tensor(X[i:i + 1]), torch.as_tensor(y[i:i + 1])
-        with torch.no_grad():
-            before = ce(manual(xi), yi)
-            for p in manual.parameters():
-                p -= 0.05 * p.grad
-            after = ce(manual(xi), yi)
-        assert res.helpful[i] == pytest.approx(float(after - before), rel=1e-8, abs=1e-12)
-    assert res.helpful.mean() < res.random.mean() < res.harmful.mean()
-    assert res.helpful_lowers >= 0.8 and res.harmful_raises >= 0.8
 
 
 # =============================================================================== datasets
@@ -313,15 +275,6 @@ def test_shortcut_digits_plant_the_shortcut():
     np.testing.assert_array_equal(again[0], X_tr)
     with pytest.raises(ValueError, match="agreement"):
         make_shortcut_digits(agreement=1.5)
-
-
-def test_make_noisy_labels_is_flip_labels_as_a_mask():
-    y = np.arange(50) % 5
-    y_noisy, mask = make_noisy_labels(y, 0.2, random_state=4)
-    y_flip, idx = flip_labels(y, 0.2, random_state=4)
-    np.testing.assert_array_equal(y_noisy, y_flip)
-    np.testing.assert_array_equal(np.flatnonzero(mask), idx)
-    assert mask.dtype == bool and mask.sum() == 10 and np.all((y_noisy != y) == mask)
 
 
 # =============================================================================== examples

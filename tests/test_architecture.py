@@ -44,7 +44,9 @@ def _imports(module: str) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            names = [target] + [f"{target}.{a.name}" for a in node.names]
+            names = [f"{target}.{a.name}" for a in node.names]
+            if node.module:  # ``from .. import _inputs`` imports the module, not the package
+                names.append(target)
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         else:
@@ -54,9 +56,10 @@ def _imports(module: str) -> set[str]:
 
 
 def test_the_module_list_is_what_the_design_names():
-    for name in ("_explainer", "_sklearn_compat", "_net", "_inputs", "_validation", "_random",
-                 "_gradients", "_curvature", "_engine", "_ranking", "neighbors", "metrics",
-                 "datasets", "solvers", "solvers._base"):
+    for name in ("_explainer", "_sklearn_compat", "exceptions", "_net", "_inputs",
+                 "_validation", "_random", "_gradients", "_curvature", "_engine", "_ranking",
+                 "_parallel", "_correct", "neighbors", "neighbors._base", "metrics", "datasets",
+                 "toy", "solvers", "solvers._base", "plotting"):
         assert f"sk_fastif.{name}" in MODULES, name
 
 
@@ -129,3 +132,98 @@ def test_each_module_imports_on_its_own(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# The layer order of DESIGN.md, bottom first: a module may import only modules of its own layer
+# or below. Modules not named here (exceptions, _sklearn_compat, _random, ...) are utilities
+# that import nothing of the package above them (checked by the cycle test).
+LAYERS = [
+    ("sk_fastif._inputs",),
+    ("sk_fastif._net",),
+    ("sk_fastif._gradients",),
+    ("sk_fastif._curvature",),
+    ("sk_fastif.solvers",),
+    ("sk_fastif._engine", "sk_fastif.neighbors", "sk_fastif._parallel"),
+    ("sk_fastif._ranking", "sk_fastif._explanation"),
+    ("sk_fastif._correct", "sk_fastif.metrics", "sk_fastif.plotting"),
+    ("sk_fastif._explainer",),
+]
+
+
+def _layer(module: str) -> int | None:
+    for i, names in enumerate(LAYERS):
+        if any(module == n or module.startswith(n + ".") for n in names):
+            return i
+    return None
+
+
+def test_imports_follow_the_layer_order():
+    offences = []
+    for module in MODULES:
+        mine = _layer(module)
+        if mine is None:
+            continue
+        for target in _imports(module):
+            theirs = _layer(target)
+            if theirs is not None and theirs > mine:
+                offences.append(f"{module} (layer {mine}) imports {target} (layer {theirs})")
+    assert not offences, "\n".join(offences)
+
+
+def _classes():
+    """(module, class name, base names) of every class defined in the package."""
+    for module in MODULES:
+        tree = ast.parse(_source(module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")
+                         for b in node.bases]
+                yield module, node.name, bases
+
+
+def test_no_mixin_has_a_single_host():
+    """A class named ``...Mixin`` exists to be shared: one with a single host is a partial
+    class, and its code belongs in a room of its own."""
+    classes = list(_classes())
+    hosts: dict[str, int] = {}
+    for _, _, bases in classes:
+        for b in bases:
+            hosts[b] = hosts.get(b, 0) + 1
+    single = [f"{m}.{name}" for m, name, _ in classes
+              if name.endswith("Mixin") and hosts.get(name, 0) == 1
+              and not name.startswith("Prefit")]  # PrefitSharingMixin: scikit-learn glue
+    assert not single, single
+
+
+_ADAPTER_ATTRIBUTES = {"theta", "fixed", "selected", "use_vmap", "use_forward_scoring",
+                       "batch_loss_is_mean", "sample_loss", "mean_loss", "loss_of_output",
+                       "iter_gradients", "iter_products"}
+_ADAPTER_ROOMS = ("sk_fastif._net", "sk_fastif._gradients", "sk_fastif._engine",
+                  "sk_fastif._curvature")
+
+
+def test_only_the_adapter_engine_and_curvature_read_the_adapters_attributes():
+    offences = []
+    for module in MODULES:
+        if module.startswith(_ADAPTER_ROOMS):
+            continue
+        tree = ast.parse(_source(module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "bridge":
+                offences.append(f"{module}:{node.lineno}: .bridge")
+            if (isinstance(node, ast.Attribute) and node.attr in _ADAPTER_ATTRIBUTES
+                    and isinstance(node.value, ast.Attribute) and node.value.attr == "bridge"):
+                offences.append(f"{module}:{node.lineno}: .bridge.{node.attr}")
+    assert not offences, "\n".join(offences)
+
+
+def test_the_explainer_is_at_most_450_lines_with_what_it_inherits():
+    import inspect
+
+    from sk_fastif import InfluenceExplainer
+
+    total = 0
+    for cls in InfluenceExplainer.__mro__:
+        if cls.__module__.startswith("sk_fastif"):
+            total += len(inspect.getsource(cls).splitlines())
+    assert total <= 450, total

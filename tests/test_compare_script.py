@@ -18,7 +18,7 @@ workloads = pytest.importorskip("_compare_workloads")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 4-5-3 tanh MLP, briefly trained on 60 points, saved as a compare.py workload."""
-    from sk_fastif.datasets import TanhMLP
+    from sk_fastif.toy import TanhMLP
 
     d = tmp_path_factory.mktemp("tiny")
     rng = np.random.RandomState(0)
@@ -71,6 +71,7 @@ def test_reference_matches_an_explicit_hessian_solve(tiny):
     assert compare.agreement(noisy, R, range(len(R)))["pearson"] < 0.9
 
 
+@pytest.mark.slow
 def test_worker_scores_agree_and_failures_are_reported(tiny):
     spec, data = workloads.load_workload(tiny)
     R = workloads.reference(spec, data, cache=tiny, log=lambda s: None)

@@ -1,10 +1,14 @@
-"""sk_fastif.datasets: the splits, the planted label noise, the example module and nets.
+"""sk_fastif.datasets (the splits, the planted label noise) and sk_fastif.toy (the example
+module and nets), with the deprecated names that stay importable from datasets until 0.2.
 
 The old constructions that the demo, the examples and the test fixtures used before they moved
 here are written out below, and the new builders must reproduce them bit for bit.
 """
 
 import ast
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +19,14 @@ from sklearn.model_selection import train_test_split
 from skorch import NeuralNetClassifier
 
 import sk_fastif.datasets as datasets
+import sk_fastif.toy as toy
 from sk_fastif.datasets import (
-    TanhMLP,
     flip_labels,
     load_digits_split,
     make_classification_split,
+)
+from sk_fastif.toy import (
+    TanhMLP,
     make_mlp_classifier,
     train_digits_net,
     train_mlp_classifier,
@@ -300,10 +307,30 @@ def test_train_mlp_classifier_is_the_conftests_old_construction():
 
 
 def test_train_mlp_classifier_can_leave_outputs_untrained():
+    # three classes, four outputs: no training label is 3, so output 3 is never a target
     X_train, _, y_train, _ = make_classification_split(60, 0, n_features=6, n_informative=4,
                                                        n_redundant=0, n_classes=3)
-    net = train_mlp_classifier(X_train, y_train, n_out=4, n_hidden=8, max_epochs=2)
-    assert net.predict_proba(X_train).shape == (60, 4)
+    assert set(np.unique(y_train)) == {0, 1, 2}
+    net = train_mlp_classifier(X_train, y_train, n_out=4, n_hidden=8, max_epochs=30,
+                               random_state=0)
+    assert net.module_.output.out_features == 4  # as asked, not y.max() + 1 == 3
+    assert train_mlp_classifier(X_train, y_train, n_hidden=8,
+                                max_epochs=1).module_.output.out_features == 3
+    # the same seed's untrained net: what train_mlp_classifier started from
+    torch.manual_seed(0)
+    init = make_mlp_classifier(6, 4, n_hidden=8).initialize().module_
+    assert not torch.equal(net.module_.hidden.weight, init.hidden.weight)  # it was trained
+    proba = net.predict_proba(X_train)
+    assert proba.shape == (60, 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    with torch.no_grad():
+        proba_init = torch.softmax(init(torch.as_tensor(X_train)), dim=1).numpy()
+    # the output with no label is only ever pushed down (0.27 -> 0.07 on average here), while
+    # the three labelled outputs learn the labels
+    assert proba[:, 3].mean() < 0.5 * proba_init[:, 3].mean(), (proba[:, 3].mean(),
+                                                               proba_init[:, 3].mean())
+    accuracy = np.mean(proba.argmax(axis=1) == y_train)
+    assert accuracy > np.mean(proba_init.argmax(axis=1) == y_train) + 0.2, accuracy
 
 
 def test_train_digits_net_is_the_demos_old_construction():
@@ -319,17 +346,91 @@ def test_train_digits_net_is_the_demos_old_construction():
 
 
 # ---------------------------------------------------------------------------------- imports
-def test_datasets_imports_only_numpy_torch_sklearn_and_skorch():
-    tree = ast.parse(Path(datasets.__file__).read_text())
+def _import_roots(module) -> set[str]:
+    tree = ast.parse(Path(module.__file__).read_text())
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import of {node.module}"
-            roots.add(node.module.split(".")[0])
-    assert roots <= {"__future__", "numbers", "numpy", "torch", "sklearn", "skorch"}, roots
-    assert set(datasets.__all__) == {name for name in dir(datasets)
-                                     if not name.startswith("_")
-                                     and getattr(getattr(datasets, name), "__module__", None)
-                                     == datasets.__name__}
+            roots.add("." * node.level + (node.module or "").split(".")[0])
+    return roots
+
+
+def _public_names_defined_in(module) -> set[str]:
+    return {name for name in dir(module) if not name.startswith("_")
+            and getattr(getattr(module, name), "__module__", None) == module.__name__}
+
+
+def test_datasets_is_data_only_and_imports_only_numpy_and_sklearn():
+    # no torch, no skorch, no module of the package: the nets live in sk_fastif.toy
+    assert _import_roots(datasets) <= {"__future__", "importlib", "warnings", "numbers",
+                                       "numpy", "sklearn"}, _import_roots(datasets)
+    assert set(datasets.__all__) == _public_names_defined_in(datasets)
+    assert not any(isinstance(getattr(datasets, name), type) for name in datasets.__all__)
+
+
+def test_toy_imports_datasets_and_nothing_else_of_the_package():
+    assert _import_roots(toy) <= {"__future__", "numpy", "torch", "skorch", ".datasets"}
+    assert set(toy.__all__) == _public_names_defined_in(toy)
+    assert set(toy.__all__) == {"TanhMLP", "make_mlp_classifier", "train_mlp_classifier",
+                                "train_digits_net"}
+
+
+def test_importing_datasets_does_not_import_toy():
+    code = ("import sys, sk_fastif.datasets; "
+            "assert 'sk_fastif.toy' not in sys.modules, 'datasets imported toy'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------- deprecated, until 0.2
+@pytest.mark.parametrize("name", ["TanhMLP", "make_mlp_classifier", "train_mlp_classifier",
+                                  "train_digits_net"])
+def test_moved_names_still_import_from_datasets_with_a_future_warning(name):
+    with pytest.warns(FutureWarning, match=rf"sk_fastif\.toy\.{name}\b"):
+        old = getattr(datasets, name)
+    assert old is getattr(toy, name)
+    with pytest.warns(FutureWarning, match=rf"sk_fastif\.datasets\.{name} has moved"):
+        exec(f"from sk_fastif.datasets import {name}", {})
+    assert name not in datasets.__all__  # a star import does not warn
+
+
+def test_unknown_datasets_attributes_still_raise_attribute_error():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AttributeError, match="has no attribute 'DigitsMLP'"):
+            datasets.DigitsMLP  # noqa: B018
+        assert not hasattr(datasets, "nothing_here")
+
+
+def test_deprecated_tanh_mlp_is_the_same_class():
+    with pytest.warns(FutureWarning):
+        OldTanhMLP = datasets.TanhMLP
+    torch.manual_seed(0)
+    a = OldTanhMLP(n_in=6, n_hidden=8, n_out=3)
+    torch.manual_seed(0)
+    _assert_same_weights(a, TanhMLP(n_in=6, n_hidden=8, n_out=3))
+    assert isinstance(a, TanhMLP)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 1.0])
+def test_make_noisy_labels_warns_and_is_flip_labels_as_a_mask(rate):
+    y = np.arange(50) % 5
+    with pytest.warns(FutureWarning, match="make_noisy_labels is deprecated.*use flip_labels"):
+        y_noisy, mask = datasets.make_noisy_labels(y, rate, random_state=4)
+    y_flip, flipped = flip_labels(y, rate, random_state=4)
+    np.testing.assert_array_equal(y_noisy, y_flip)
+    assert y_noisy.dtype == y_flip.dtype
+    np.testing.assert_array_equal(np.flatnonzero(mask), flipped)
+    # the replacement its deprecation note gives
+    np.testing.assert_array_equal(mask, np.isin(np.arange(len(y)), flipped))
+    assert mask.dtype == bool and mask.sum() == round(rate * 50)
+    assert np.all((y_noisy != y) == mask)
+    with pytest.warns(FutureWarning):  # the old signature: random_state positional
+        again = datasets.make_noisy_labels(y, rate, 4)
+    np.testing.assert_array_equal(again[1], mask)
+
+
+def test_make_noisy_labels_docstring_says_what_to_use():
+    doc = datasets.make_noisy_labels.__doc__
+    assert ".. deprecated::" in doc and "flip_labels" in doc and "np.isin" in doc

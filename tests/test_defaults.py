@@ -16,7 +16,6 @@ from scipy.stats import spearmanr
 from skorch import NeuralNetClassifier
 
 from sk_fastif import Explanation, InfluenceExplainer, TrainSplitWarning
-from sk_fastif.datasets import TanhMLP
 from sk_fastif.solvers import (
     CG,
     CurvatureOperator,
@@ -27,6 +26,7 @@ from sk_fastif.solvers import (
     auto_damping,
     auto_solver,
 )
+from sk_fastif.toy import TanhMLP
 
 
 def matrix_op(H: np.ndarray) -> CurvatureOperator:

@@ -10,8 +10,8 @@ from scipy.stats import pearsonr
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import train_digits_net
 from sk_fastif.solvers import CG, EKFAC, CurvatureOperator, Exact
+from sk_fastif.toy import train_digits_net
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,9 @@ def test_ekfac_agrees_with_exact_on_the_digits_mlp_far_faster():
     # prepared once: pickled, it solves without preparing again
     again = pickle.loads(pickle.dumps(approx))
     assert again.engine_.is_prepared
-    np.testing.assert_allclose(again.influences(Xte[:2], yte[:2]), a[:2], rtol=1e-5, atol=1e-9)
+    # the same scores, in float32: 2 test points are scored in a smaller batch than 10
+    np.testing.assert_allclose(again.influences(Xte[:2], yte[:2]), a[:2], rtol=1e-5,
+                               atol=1e-6 * np.abs(a).max())
 
 
 def test_ekfac_refuses_what_it_cannot_factor():
@@ -104,7 +106,7 @@ def test_ekfac_preconditioned_cg_is_exact_in_one_iteration_where_ekfac_is_exact(
     G = 2 * (A[:5] @ np.r_[w, b] - y[:5, 0])[:, None] * A[:5]
     want = np.linalg.solve(2 * A.T @ A / len(X) + lam * np.eye(5), G.T).T
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
-    assert expl.last_solve_.n_iter == 1
+    assert expl.solve(X[:5], y[:5]).n_iter == 1
     assert [f.block.shape for f in expl.solver_.preconditioner_factors_] == [(1, 5)]
 
 
@@ -121,7 +123,7 @@ def test_ekfac_preconditioned_cg_solves_the_exact_hessian_system_in_fewer_iterat
         # the same exact answer either way (float32 products): the preconditioner changes
         # the path, not the solution
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
-        iters[pre] = expl.last_solve_.n_iter
+        iters[pre] = expl.solve(Xte[:8], yte[:8]).n_iter
     assert iters["ekfac"] < iters[None]
 
 

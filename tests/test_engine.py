@@ -46,8 +46,8 @@ def test_explicit_formula(fitted):
     expl, X, y = fitted
     e = expl.engine_
     S = _factors(e, expl, X, y).double()
-    G = e.bridge.gradients(e.X_train, e.y_train).double()
-    Gte = e.bridge.gradients(*expl.as_engine_input(X, y)).double()
+    G = e.gradients(e.X_train, e.y_train).double()
+    Gte = e.gradients(*expl.as_engine_input(X, y)).double()
     # Exact: S solves (H + damping I) S = G_test, with H from the operator itself
     H = e.op.matvec(torch.eye(e.n_params, dtype=e.op.dtype)).double()
     np.testing.assert_allclose((S @ (H + 0.05 * torch.eye(e.n_params, dtype=H.dtype))).numpy(),
@@ -192,16 +192,16 @@ def test_scoring_products_equal_the_explicit_ones_either_way(fitted, forward, mo
     expl, _, _ = fitted
     e = expl.engine_
     calls = {"n": 0}
-    original = _gradients.NetBridge._forward_products
+    original = _gradients.forward_products
 
     def counting(self, S, X, y):
         calls["n"] += 1
         return original(self, S, X, y)
 
-    monkeypatch.setattr(_gradients.NetBridge, "_forward_products", counting)
+    monkeypatch.setattr(_gradients, "forward_products", counting)
     m = 5 if forward else _gradients.FORWARD_MAX_VECTORS + 1
     S = torch.randn(m, e.n_params, generator=torch.Generator().manual_seed(0))
-    G = e.bridge.gradients(e.X_train, e.y_train).double()
+    G = e.gradients(e.X_train, e.y_train).double()
     expected = (S.double() @ G.T).numpy() / e.n_train
     got = e.score_rows(S)
     assert (calls["n"] > 0) == forward
@@ -220,7 +220,7 @@ def test_forward_scoring_falls_back_to_gradients_when_forward_mode_fails(fitted,
     bridge = copy.copy(expl.engine_.bridge)  # disable_vmap changes the copy only
     S = torch.randn(4, bridge.n_params, generator=torch.Generator().manual_seed(1))
     X, y = expl.engine_.X_train[:150], expl.engine_.y_train[:150]
-    expected = torch.cat([S @ G.T for _, G in bridge.iter_gradients(X, y)], dim=1)
+    expected = torch.cat([S @ G.T for _, G in _gradients.iter_gradients(bridge, X, y)], dim=1)
     seen = {"n": 0}
 
     def second_chunk_fails(self, S, X, y):
@@ -229,9 +229,9 @@ def test_forward_scoring_falls_back_to_gradients_when_forward_mode_fails(fitted,
             raise RuntimeError("vmap: no batching rule for this operation")
         return original(self, S, X, y)
 
-    original = _gradients.NetBridge._forward_products
-    monkeypatch.setattr(_gradients.NetBridge, "_forward_products", second_chunk_fails)
-    parts = list(bridge.iter_products(S, X, y))
+    original = _gradients.forward_products
+    monkeypatch.setattr(_gradients, "forward_products", second_chunk_fails)
+    parts = list(_gradients.iter_products(bridge, S, X, y))
     assert [sl.start for sl, _ in parts] == [0, 64, 128]  # every chunk once, in order
     # only forward mode is given up: per-sample gradients keep vmap
     assert bridge.use_vmap and not bridge.use_forward_scoring

@@ -24,6 +24,7 @@ def test_plot_explain_digits_runs(monkeypatch, capsys):
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_plot_tune_lissa_runs(monkeypatch, capsys):
     matplotlib = pytest.importorskip("matplotlib")
     pytest.importorskip("pandas")

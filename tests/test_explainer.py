@@ -70,7 +70,7 @@ def test_influence_factors_reproduce_scores(digits, exact_expl):
     Xtr, ytr, Xte, yte = digits
     F = exact_expl.influence_factors(Xte[:3], yte[:3])
     assert F.shape == (3, exact_expl.n_params_)
-    G = exact_expl.engine_.bridge.gradients(exact_expl.engine_.X_train,
+    G = exact_expl.engine_.gradients(exact_expl.engine_.X_train,
                                             exact_expl.engine_.y_train).numpy()
     want = F @ G.T / len(Xtr)  # float32 products, summed in another order than the scores
     np.testing.assert_allclose(exact_expl.influences(Xte[:3], yte[:3]), want, rtol=1e-4,

@@ -64,6 +64,7 @@ def test_tabular_example(run_example):
     assert np.all(ex.helpful_scores > 0) and np.all(ex.harmful_scores < 0)
 
 
+@pytest.mark.slow
 def test_text_example(run_example):
     ns = run_example("plot_explain_text.py")
     shares = ns["shares"]
@@ -72,6 +73,7 @@ def test_text_example(run_example):
     assert ns["explainer"].n_params_ < sum(p.numel() for p in ns["net"].module_.parameters())
 
 
+@pytest.mark.slow
 def test_bert_example(run_example):
     pytest.importorskip("transformers")
     with warnings.catch_warnings():

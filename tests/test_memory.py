@@ -68,6 +68,7 @@ def _growth(n: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["growth_mib"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc/self/clear_refs")
 def test_peak_memory_does_not_grow_with_the_number_of_training_rows():
     small, large = _growth(5_000), _growth(50_000)

@@ -11,8 +11,8 @@ from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetClassifier
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.datasets import TanhMLP
 from sk_fastif.solvers import CG, Exact, LiSSA
+from sk_fastif.toy import TanhMLP
 
 
 def _pickle(obj, tmp_path):

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from sklearn.neighbors import NearestNeighbors
 from skorch import NeuralNetClassifier
 
 from sk_fastif import Explanation, InfluenceExplainer
-from sk_fastif.neighbors import ExactCandidates
+from sk_fastif.metrics import candidate_recall
+from sk_fastif.neighbors import ExactCandidates, GradientSketchCandidates
 from sk_fastif.solvers import CG, Exact, LiSSA, SolveResult
 
 matplotlib = pytest.importorskip("matplotlib")
@@ -243,7 +245,8 @@ def test_trace_lines_equal_the_recorded_traces(linear):
     disp = SolverTraceDisplay.from_explainer(lissa, X[:3])
     name = next(iter(disp.lines_))
     assert name.startswith("LiSSA(depth=30")
-    np.testing.assert_allclose(disp.lines_[name].get_ydata(), lissa.last_solve_.trace)
+    # the solve of the explainer's public method, the same with its fixed seed
+    np.testing.assert_allclose(disp.lines_[name].get_ydata(), lissa.solve(X[:3]).trace)
     np.testing.assert_array_equal(disp.lines_[name].get_xdata(), np.arange(1, 31))
     assert disp.ax_.get_yscale() == "log" and disp.tol_line_ is None
 
@@ -259,6 +262,20 @@ def test_trace_lines_equal_the_recorded_traces(linear):
     disp = SolverTraceDisplay.from_explainer(exact, X[:3])
     (values,) = [line.get_ydata() for line in disp.lines_.values()]
     assert len(values) == 1 and values[0] < 1e-5  # float32 net
+
+
+def test_trace_from_explainer_asks_solve_not_the_deprecated_attribute(linear, monkeypatch):
+    net, X, y = linear
+    cg = InfluenceExplainer(net, solver=CG(damping=0.1, tol=1e-8),
+                            curvature="gauss_newton").fit(X, y)
+    calls = []
+    solve = cg.solve
+    monkeypatch.setattr(cg, "solve", lambda *a, **k: calls.append(a) or solve(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # last_solve_ is never read
+        disp = SolverTraceDisplay.from_explainer(cg, X[:3], y[:3], name="cg")
+    assert len(calls) == 1
+    np.testing.assert_allclose(disp.lines_["cg"].get_ydata(), cg.solve(X[:3], y[:3]).trace)
 
 
 def test_trace_from_solve_results():
@@ -300,6 +317,108 @@ def test_recall_points_equal_a_direct_count(linear):
             InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y), queries)
 
 
+def test_recall_from_explainer_with_gradient_sketches_is_candidate_recall(linear):
+    # a gradient-space selector needs the queries' iHVPs: the pipeline hands them over
+    net, X, y = linear
+    sketch = GradientSketchCandidates(15, n_components=4, projection="gaussian",
+                                      kind="helpful", random_state=0)
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2), candidates=sketch).fit(X, y)
+    queries = X[:8]
+    disp = CandidateRecallDisplay.from_explainer(expl, queries, n_neighbors=[5, 15, 40],
+                                                 top=(3, 10))
+    ref = candidate_recall(expl, queries, top=(3, 10))
+    assert ref.n_neighbors == 15
+    for m in (3, 10):
+        assert disp.recall[m][1] == ref.recall[m]  # at the same m and shortlist size
+        assert disp.lines_[m].get_ydata()[1] == ref.recall[m]
+    assert 0.0 < ref.recall[10] < 1.0  # a lossy sketch: the comparison means something
+
+
+def test_from_recall_draws_the_given_values_without_an_explainer():
+    recall = {5: [0.2, 0.6, 1.0], 20: [0.05, 0.4, 1.0]}
+    disp = CandidateRecallDisplay.from_recall([4, 30, 100], recall, n_train=100, name="emb")
+    for m, values in recall.items():
+        np.testing.assert_array_equal(disp.lines_[m].get_ydata(), values)
+        np.testing.assert_array_equal(disp.lines_[m].get_xdata(), [4, 30, 100])
+        assert disp.lines_[m].get_label() == f"emb: R@{m}"
+    np.testing.assert_allclose(disp.baseline_line_.get_ydata(), [0.04, 0.3, 1.0])
+    assert disp.n_train == 100 and disp.recall is recall
+    _, ax = plt.subplots()
+    again = CandidateRecallDisplay.from_recall([4, 30, 100], recall, n_train=100, ax=ax)
+    assert again.ax_ is ax
+    with pytest.raises(ValueError, match="must have 3 entries"):
+        CandidateRecallDisplay.from_recall([4, 30, 100], {5: [0.1, 0.2]}, n_train=100)
+    with pytest.raises(TypeError, match="non-empty mapping"):
+        CandidateRecallDisplay.from_recall([4, 30, 100], {}, n_train=100)
+
+
+# --------------------------------------------------------------------- the ax / figure_ helper
+def _single_axes_displays():
+    """One display of each kind that draws on a single Axes, with its data."""
+    res = SolveResult(torch.zeros(1, 1), trace=[1.0, 0.1], n_hvp=2, converged=True)
+    return {
+        "recall": lambda ax: CandidateRecallDisplay.from_recall([1, 4], {1: [0.5, 1.0]},
+                                                                n_train=4, ax=ax),
+        "trace": lambda ax: SolverTraceDisplay.from_solve_results(res, ax=ax),
+        "self-influence": lambda ax: SelfInfluenceDisplay.from_scores([0.2, 0.9, 0.1],
+                                                                      [1], ax=ax),
+        "correction": lambda ax: CorrectionDisplay.from_history(
+            {"x": [{"step": 0, "val_accuracy": 0.5}, {"step": 1, "val_accuracy": 0.7}]}, ax=ax),
+        "graph": lambda ax: InfluenceGraphDisplay.from_scores(np.array([[0.3, -0.1]]), k=1,
+                                                              ax=ax),
+    }
+
+
+@pytest.mark.parametrize("name", list(_single_axes_displays()))
+def test_every_display_keeps_the_given_axes_and_its_figure(name):
+    draw = _single_axes_displays()[name]
+    fig, ax = plt.subplots()
+    disp = draw(ax)
+    assert disp.ax_ is ax and disp.figure_ is fig
+    assert ax.has_data() or ax.collections  # drawn there
+    n_figures = len(plt.get_fignums())
+    fresh = draw(None)  # no Axes: a new figure of its own
+    assert len(plt.get_fignums()) == n_figures + 1
+    assert fresh.ax_ is not ax and fresh.figure_ is fresh.ax_.figure is not fig
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes or None"):
+        draw("axes")
+
+
+def test_the_grid_display_keeps_its_axes_and_figure():
+    ex = _explanation(n_test=2, k=2)
+    _, axes = plt.subplots(2, 1)
+    disp = InfluenceDisplay.from_explanation(ex, ax=axes)
+    assert disp.ax_.shape == (2, 1) and list(disp.ax_.ravel()) == list(axes)
+    assert disp.figure_ is axes[0].figure
+    fresh = InfluenceDisplay.from_explanation(ex)
+    assert fresh.figure_ is fresh.ax_[0, 0].figure is not disp.figure_
+
+
+def test_the_axes_helper_sets_ax_and_figure_once_for_all():
+    from sk_fastif.plotting._base import DisplayAxesMixin
+
+    class Probe(DisplayAxesMixin):
+        pass
+
+    fig, ax = plt.subplots()
+    probe = Probe()
+    assert probe._plot_axes(ax) is ax
+    assert probe.ax_ is ax and probe.figure_ is fig
+    made = probe._plot_axes(None, figsize=(3.0, 2.0))
+    assert probe.ax_ is made and probe.figure_ is made.figure is not fig
+    np.testing.assert_allclose(probe.figure_.get_size_inches(), [3.0, 2.0])
+    grid = probe._plot_axes(ax, grid=(2, 3), figsize=(4.0, 4.0))  # one Axes, divided
+    assert grid.shape == (2, 3) and probe.ax_ is grid and probe.figure_ is fig
+    assert not ax.axison
+    grid = probe._plot_axes(None, grid=(1, 2), figsize=(4.0, 2.0))
+    assert probe.figure_ is grid[0, 0].figure is grid[0, 1].figure is not fig
+    with pytest.raises(ValueError, match="2 Axes"):
+        probe._plot_axes(plt.subplots(3)[1], grid=(1, 2), figsize=(4.0, 2.0))
+    assert all(issubclass(d, DisplayAxesMixin) for d in (
+        CandidateRecallDisplay, CorrectionDisplay, InfluenceDisplay, InfluenceGraphDisplay,
+        SelfInfluenceDisplay, SolverTraceDisplay))
+
+
 # ------------------------------------------------------------------------- SelfInfluenceDisplay
 def test_detection_curve_counts_the_flips():
     scores = np.array([0.1, 0.9, 0.3, 0.8, 0.2, 0.7])
@@ -322,6 +441,20 @@ def test_detection_curve_counts_the_flips():
         SelfInfluenceDisplay.from_scores(scores, mask[:4])
     with pytest.raises(ValueError, match=r"lie in \[0, 6\)"):
         SelfInfluenceDisplay.from_scores(scores, [7])
+
+
+def test_detection_curve_is_the_metrics_and_crosses_ties_straight():
+    from sk_fastif.metrics import mislabel_detection_curve
+
+    scores = np.array([0.5, 0.5, 0.9, 0.5, 0.1])  # three tied points
+    flipped = np.array([0, 4])
+    disp = SelfInfluenceDisplay.from_scores(scores, flipped)
+    mask = np.isin(np.arange(5), flipped)
+    inspected, found, _ = mislabel_detection_curve(scores, mask)
+    np.testing.assert_array_equal(disp.lines_["self-influence"].get_xdata(), inspected)
+    np.testing.assert_array_equal(disp.lines_["self-influence"].get_ydata(), found)
+    np.testing.assert_allclose(inspected, [0, 0.2, 0.8, 1.0])  # the tie inspected together
+    np.testing.assert_allclose(found, [0, 0, 0.5, 1.0])
 
 
 def test_self_influence_from_explainer_ranks_by_self_influence(linear):

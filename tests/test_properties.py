@@ -21,8 +21,8 @@ from sklearn.exceptions import NotFittedError
 from skorch import NeuralNetRegressor
 
 from sk_fastif import Explanation, InfluenceExplainer
-from sk_fastif.datasets import make_mlp_classifier
 from sk_fastif.solvers import CG, DivergenceError, Exact, LiSSA
+from sk_fastif.toy import make_mlp_classifier
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

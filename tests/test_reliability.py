@@ -22,12 +22,8 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 from sk_fastif import InfluenceExplainer, _gradients
 from sk_fastif import _validation as validation
 from sk_fastif._curvature import CurvatureProducts
-from sk_fastif._gradients import NetBridge
-from sk_fastif.datasets import (
-    make_classification_split,
-    make_mlp_classifier,
-    train_mlp_classifier,
-)
+from sk_fastif._net import NetBridge
+from sk_fastif.datasets import make_classification_split
 from sk_fastif.solvers import (
     CG,
     DivergenceError,
@@ -37,6 +33,7 @@ from sk_fastif.solvers import (
     ScaleRestartWarning,
     _lissa,
 )
+from sk_fastif.toy import make_mlp_classifier, train_mlp_classifier
 
 from .test_influence_truth import binary_closed_form, ridge_closed_form
 
@@ -447,7 +444,11 @@ def test_cg_non_convergence_is_reported(ridge_net):
     with pytest.warns(ConvergenceWarning, match=r"did not converge in max_iter=1.*Raise "
                                                 r"`max_iter` or `damping`"):
         scores = e.influences(X[:3], y[:3])
-    assert np.all(np.isfinite(scores)) and e.last_solve_.converged is False
+    assert np.all(np.isfinite(scores))
+    with pytest.warns(ConvergenceWarning):
+        assert e.solve(X[:3], y[:3]).converged is False
+    with pytest.warns(FutureWarning, match="last_solve_ is deprecated"):
+        assert e.last_solve_.converged is False  # the deprecated attribute, for one release
 
 
 def test_auto_scale_recovers_by_restarting_end_to_end(ridge_net, monkeypatch):
@@ -605,15 +606,15 @@ def _modes(net):
 @pytest.mark.parametrize(
     "method, owner, name, n, solver, batch_size",
     [
-        ("influences", NetBridge, "_per_sample", 4, Exact(damping=0.05), 16),  # gradient chunk
+        ("influences", NetBridge, "per_sample", 4, Exact(damping=0.05), 16),  # gradient chunk
         ("influences", validation, "check_finite_products", 3, Exact(damping=0.05), 16),
-        ("influences", NetBridge, "_forward_products", 2, Exact(damping=0.05), 16),
+        ("influences", _gradients, "forward_products", 2, Exact(damping=0.05), 16),
         ("influences", CurvatureProducts, "_batch_ggn", 5, CG(damping=0.05, max_iter=6), 60),
         ("influences", CurvatureProducts, "_batch_ggn", 7,
          LiSSA(damping=0.05, scale=5.0, depth=10, batch_size=16), 60),
         # the solve of the second chunk, while the chunks' generator is suspended
         ("self_influence", CurvatureProducts, "_batch_ggn", 9, CG(damping=0.05, max_iter=3), 60),
-        ("explain", NetBridge, "_per_sample", 3, Exact(damping=0.05), 16),
+        ("explain", NetBridge, "per_sample", 3, Exact(damping=0.05), 16),
         ("influence_factors", CurvatureProducts, "_batch_ggn", 2, CG(damping=0.05, max_iter=6), 60),
         ("score", CurvatureProducts, "_batch_ggn", 4, CG(damping=0.05, max_iter=3), 60),
     ],
@@ -624,7 +625,7 @@ def _modes(net):
 def test_interrupted_call_leaves_explainer_usable(small, monkeypatch, method, owner, name, n,
                                                   solver, batch_size):
     with pytest.MonkeyPatch.context() as limit:
-        if name in ("_per_sample", "check_finite_products"):
+        if name in ("per_sample", "check_finite_products"):
             # interrupt the scoring pass over gradient blocks (few test points are scored by
             # forward mode: the "forward-mode-chunk" case)
             limit.setattr(_gradients, "FORWARD_MAX_VECTORS", 0)
@@ -786,7 +787,7 @@ def test_non_finite_candidate_gradients_are_reported_with_their_training_index(s
     Xq, _ = pruned.as_engine_input(Xte[:1], yte[:1])
     shortlist = np.sort(pruned.candidates_.kneighbors(pruned.net_, Xq)[0][0])
     bad = int(shortlist[7])
-    original = NetBridge.iter_gradients
+    original = _gradients.iter_gradients
 
     def poisoned(self, X, y):
         for sl, G in original(self, X, y):
@@ -795,7 +796,7 @@ def test_non_finite_candidate_gradients_are_reported_with_their_training_index(s
             G[hit] = float("nan")
             yield sl, G
 
-    monkeypatch.setattr(NetBridge, "iter_gradients", poisoned)
+    monkeypatch.setattr(_gradients, "iter_gradients", poisoned)
     with pytest.raises(ValueError, match=rf"training point\(s\) \(indices \[{bad}\]\) is not "
                                          r"finite"):
         pruned.influences(Xte[:1], yte[:1])
@@ -806,7 +807,7 @@ def test_interrupted_pruned_explain_leaves_explainer_usable(small, pruned, monke
     snap = _snapshot(net)
     before = pruned.explain(Xte[:5], yte[:5], k=3)
     # interrupted in the middle of the candidates' gradient pass
-    _interrupt_on_call(monkeypatch, NetBridge, "_per_sample", 2)
+    _interrupt_on_call(monkeypatch, NetBridge, "per_sample", 2)
     with pytest.raises(KeyboardInterrupt):
         pruned.explain(Xte[:5], yte[:5], k=3)
     _assert_unchanged(net, snap, "after interrupt")

@@ -407,6 +407,7 @@ def test_to_frame_looks_up_training_rows(digits, digits_mlp):
 
 
 # ------------------------------------------------------------------------------ example
+@pytest.mark.slow
 def test_tune_lissa_example_runs_and_picks_a_deep_setting(monkeypatch):
     import runpy
     from pathlib import Path

@@ -314,8 +314,21 @@ def test_zero_right_hand_side(solver):
 @pytest.mark.parametrize("solver", [Exact(), CG(), LiSSA(batch_size=10, depth=20)])
 def test_empty_block(solver):
     prob = spd_problem()
-    res = solver.solve(prob.op, torch.zeros((0, 10), dtype=torch.float64))
-    assert res.solution.shape == (0, 10)
+    empty = torch.zeros((0, 10), dtype=torch.float64)
+    solver = clone(solver)
+    solver.prepare(prob.op)
+    res = solver.solve(prob.op, empty)
+    assert res.solution.shape == (0, 10) and res.solution.dtype == torch.float64
+    assert res.n_hvp == 0  # prepared, and no right-hand side: not one curvature product
+    assert res.converged and res.n_iter == 0
+    # Exact's trace has one entry per solve (the largest residual: none, so 0); the iterative
+    # solvers record one per iteration, and none ran
+    assert res.trace == ([0.0] if isinstance(solver, Exact) else [])
+    # unprepared, the solve spends only what preparing costs
+    fresh = clone(solver)
+    res = fresh.solve(prob.op, empty)
+    assert res.n_hvp == fresh.n_hvp_prepare_
+    assert res.solution.shape == (0, 10) and res.converged and res.n_iter == 0
 
 
 @pytest.mark.parametrize("solver", [Exact(), CG(), LiSSA(batch_size=10, depth=20)])

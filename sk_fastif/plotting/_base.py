@@ -1,4 +1,9 @@
-"""Shared helpers of the displays: the lazy matplotlib import and the axes they draw on."""
+"""Shared helpers of the displays: the lazy matplotlib import and the axes they draw on.
+
+:class:`DisplayAxesMixin` is the one place where a display resolves its ``ax`` argument and
+sets ``ax_`` and ``figure_`` (as scikit-learn's ``_validate_plot_params`` does for its curve
+displays): a single Axes, or a grid of them (:func:`axes_grid`).
+"""
 
 from __future__ import annotations
 
@@ -22,11 +27,77 @@ def import_pyplot():
 
 
 def new_or_given_ax(ax, figsize=(6.0, 4.0)):
-    """The Axes ``ax``, or a new figure's single Axes when ``ax`` is None."""
+    """The Axes ``ax``, or a new figure's single Axes when ``ax`` is None.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> from sk_fastif.plotting._base import new_or_given_ax
+    >>> fig, ax = plt.subplots()
+    >>> new_or_given_ax(ax) is ax, new_or_given_ax(None) is ax
+    (True, False)
+    """
     plt = import_pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
+        return ax
+    from matplotlib.axes import Axes
+
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None; got {type(ax).__name__}.")
     return ax
+
+
+class DisplayAxesMixin:
+    """Where a display draws: its ``plot`` asks :meth:`_plot_axes` and gets ``ax_``, ``figure_``.
+
+    Every display of :mod:`sk_fastif.plotting` inherits it, so ``ax=None`` (a new figure),
+    a given Axes, or a grid of Axes are handled, and ``ax_`` and ``figure_`` set, the same way.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> from sk_fastif.plotting._base import DisplayAxesMixin
+    >>> class Dots(DisplayAxesMixin):
+    ...     def plot(self, ax=None):
+    ...         self._plot_axes(ax).plot([0, 1], "o")
+    ...         return self
+    >>> fig, ax = plt.subplots()
+    >>> disp = Dots().plot(ax=ax)
+    >>> disp.ax_ is ax and disp.figure_ is fig
+    True
+    >>> disp = Dots().plot()  # a new figure
+    >>> disp.ax_.figure is disp.figure_ is not fig
+    True
+    """
+
+    def _plot_axes(self, ax=None, *, figsize=(6.0, 4.0), grid: tuple[int, int] | None = None,
+                   **grid_kw):
+        """The Axes to draw on (an array of them for a ``grid``); sets ``ax_`` and ``figure_``.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, array-like of Axes or None
+            Without ``grid``: an Axes, or None for a new figure of ``figsize``. With
+            ``grid=(n_rows, n_cols)``: None, one Axes (divided into the grid) or exactly
+            ``n_rows * n_cols`` Axes, as :func:`axes_grid` takes them.
+        figsize : tuple of float, default=(6.0, 4.0)
+            Size of a new figure.
+        grid : (int, int) or None, default=None
+            The shape of a grid of Axes.
+        **grid_kw
+            Passed to :func:`axes_grid` (e.g. ``gridspec_kw``).
+
+        Returns
+        -------
+        ax : matplotlib Axes, or ndarray of Axes of shape ``grid``
+        """
+        if grid is None:
+            self.ax_ = new_or_given_ax(ax, figsize=figsize)
+            self.figure_ = self.ax_.figure
+        else:
+            self.ax_, self.figure_ = axes_grid(ax, *grid, figsize=figsize, **grid_kw)
+        return self.ax_
 
 
 def axes_grid(ax, n_rows: int, n_cols: int, *, figsize, squeeze_rows: bool = False, **grid_kw):

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._base import check_1d, import_pyplot, new_or_given_ax
+from ._base import DisplayAxesMixin, check_1d, import_pyplot
 
 _METRICS = ("val_accuracy", "val_loss")
 
@@ -32,7 +32,7 @@ def _is_run(history) -> bool:
     return isinstance(history, Sequence) and bool(history) and isinstance(history[0], Mapping)
 
 
-class CorrectionDisplay:
+class CorrectionDisplay(DisplayAxesMixin):
     """A validation metric after each correction step, one curve per strategy.
 
     Step 0 is the model before any correction. With several runs per strategy (e.g. seeds), the
@@ -148,7 +148,7 @@ class CorrectionDisplay:
         import_pyplot()
         if not isinstance(self.values, Mapping) or not self.values:
             raise TypeError("values must be a non-empty mapping of strategy name to values.")
-        ax = new_or_given_ax(ax)
+        ax = self._plot_axes(ax)
         self.lines_, self.bands_ = {}, {}
         spread = self.spread or {}
         for name, vals in self.values.items():
@@ -165,5 +165,4 @@ class CorrectionDisplay:
                        "val_loss": "validation loss"}.get(self.metric, str(self.metric)))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
-        self.ax_, self.figure_ = ax, ax.figure
         return self

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import HARMFUL_COLOR, HELPFUL_COLOR, check_1d, import_pyplot, new_or_given_ax
+from .. import _ranking as ranking
+from ._base import (
+    HARMFUL_COLOR,
+    HELPFUL_COLOR,
+    DisplayAxesMixin,
+    check_1d,
+    import_pyplot,
+)
 
 _EDGE_KINDS = ("both", "helpful", "harmful")
 SHARED_COLOR = "black"
@@ -32,7 +39,7 @@ def _edges_from_lists(pairs, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     return t[first].astype(np.int64), j[first].astype(np.int64), s[first]
 
 
-class InfluenceGraphDisplay:
+class InfluenceGraphDisplay(DisplayAxesMixin):
     """FastIF's influence-interaction graph: which training points act on which test points.
 
     Test points sit on a circle, in one sector per group (their class, or a grouping of your
@@ -133,6 +140,9 @@ class InfluenceGraphDisplay:
                     ax=None) -> InfluenceGraphDisplay:
         """Draw the graph of each test point's ``k`` most helpful and harmful training points.
 
+        They are ranked as :meth:`InfluenceExplainer.explain` ranks them (ties keep the column
+        order), and drawn by :meth:`from_explanation`.
+
         Parameters
         ----------
         scores : array-like or sparse matrix of shape (n_test, n_train)
@@ -165,15 +175,10 @@ class InfluenceGraphDisplay:
             raise ValueError(f"scores must be 2-D (n_test, n_train); got shape {S.shape}.")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}.")
-        k = min(int(k), S.shape[1])
-        desc = np.argsort(-S, axis=1, kind="stable")[:, :k]
-        asc = np.argsort(S, axis=1, kind="stable")[:, :k]
-        t, j, s = _edges_from_lists(
-            [("helpful", desc, np.take_along_axis(S, desc, 1)),
-             ("harmful", asc, np.take_along_axis(S, asc, 1))], kind)
+        explanation = ranking.explanation(S, min(int(k), S.shape[1]))  # the one top-k
         if groups is None:
             groups = np.zeros(S.shape[0], dtype=np.int64)
-        return cls(t, j, s, groups).plot(ax=ax)
+        return cls.from_explanation(explanation, groups=groups, kind=kind, ax=ax)
 
     @classmethod
     def from_explainer(cls, explainer, X, y=None, *, k: int = 5, groups=None,
@@ -294,7 +299,7 @@ class InfluenceGraphDisplay:
         test_pos, nodes, inverse, train_pos, shared, node_group = self._layout(
             t, j, s, codes, len(names))
 
-        ax = new_or_given_ax(ax, figsize=(6.0, 6.8))
+        ax = self._plot_axes(ax, figsize=(6.0, 6.8))
         palette = [to_rgba(f"C{g % 10}") for g in range(len(names))]
         peak = np.abs(s).max() if len(s) else 1.0
         segments = np.stack([test_pos[t], train_pos[inverse]], axis=1) if len(s) else []
@@ -327,5 +332,4 @@ class InfluenceGraphDisplay:
         self.train_nodes_ = nodes
         self.train_positions_ = train_pos
         self.shared_ = shared
-        self.ax_, self.figure_ = ax, ax.figure
         return self

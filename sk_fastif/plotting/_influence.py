@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import HARMFUL_COLOR, HELPFUL_COLOR, axes_grid, import_pyplot
+from ._base import HARMFUL_COLOR, HELPFUL_COLOR, DisplayAxesMixin, import_pyplot
 
 _KINDS = ("auto", "bars", "images")
 
@@ -61,7 +61,7 @@ def _text(x, width: int = 28) -> str | None:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-class InfluenceDisplay:
+class InfluenceDisplay(DisplayAxesMixin):
     """The most helpful and most harmful training examples of each explained test point.
 
     One row per test point. As bars (``kind="bars"``): the ``k`` most helpful training points
@@ -320,7 +320,8 @@ class InfluenceDisplay:
 
     def _plot_bars(self, ax, names, h_idx, h_sc, x_idx, x_sc, fontsize) -> None:
         n_test, k = h_idx.shape
-        axes, fig = axes_grid(ax, n_test, 1, figsize=(6.4, 0.35 * 2 * k * n_test + 0.6 * n_test))
+        axes = self._plot_axes(ax, grid=(n_test, 1),
+                               figsize=(6.4, 0.35 * 2 * k * n_test + 0.6 * n_test))
         self.bars_ = []
         for r in range(n_test):
             a = axes[r, 0]
@@ -338,7 +339,6 @@ class InfluenceDisplay:
         axes[-1, 0].set_xlabel("influence score (rise of the test loss if left out)",
                                fontsize=fontsize)
         axes[0, 0].legend(fontsize=fontsize, loc="best")
-        self.ax_, self.figure_ = axes, fig
 
     def _plot_images(self, ax, names, h_idx, h_sc, x_idx, x_sc, cmap, fontsize) -> None:
         n_test, k = h_idx.shape
@@ -349,8 +349,8 @@ class InfluenceDisplay:
                        for r in range(len(self.X_test))])
         pixels = np.concatenate([im.ravel() for im in shown + tests])
         vmin, vmax = float(pixels.min()), float(pixels.max())
-        axes, fig = axes_grid(ax, n_test, 2 * k + 1,
-                              figsize=(1.05 * (2 * k + 1), 1.45 * n_test))
+        axes = self._plot_axes(ax, grid=(n_test, 2 * k + 1),
+                               figsize=(1.05 * (2 * k + 1), 1.45 * n_test))
         images = np.full(axes.shape, None, dtype=object)
 
         def draw(a, image):
@@ -382,4 +382,3 @@ class InfluenceDisplay:
             a.set_xticks([])
             a.set_yticks([])
         self.images_ = images
-        self.ax_, self.figure_ = axes, fig

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._base import BASELINE_COLOR, check_1d, import_pyplot, new_or_given_ax
+from ..metrics import mislabel_detection_curve
+from ._base import BASELINE_COLOR, DisplayAxesMixin, check_1d, import_pyplot
 
 
 def flip_mask(flipped, n: int) -> np.ndarray:
@@ -30,19 +31,18 @@ def flip_mask(flipped, n: int) -> np.ndarray:
 def detection_curve(scores, flipped) -> tuple[np.ndarray, np.ndarray]:
     """Fraction of flipped points found against fraction inspected, highest scores first.
 
-    Ties are inspected in index order. Both arrays start at 0.
+    :func:`sk_fastif.metrics.mislabel_detection_curve` of the scores and the mask of
+    ``flipped`` (a mask or indices): tied scores are inspected together. Both arrays start at 0.
     """
     scores = check_1d("scores", scores)
     flipped = flip_mask(flipped, len(scores))
     if not flipped.any():
         raise ValueError("flipped marks no point: there is nothing to find.")
-    order = np.argsort(-scores, kind="stable")
-    found = np.r_[0.0, np.cumsum(flipped[order]) / flipped.sum()]
-    inspected = np.arange(len(scores) + 1) / len(scores)
+    inspected, found, _ = mislabel_detection_curve(scores, flipped)
     return inspected, found
 
 
-class SelfInfluenceDisplay:
+class SelfInfluenceDisplay(DisplayAxesMixin):
     """Mislabel detection: the fraction of flipped labels found against the fraction inspected.
 
     Inspecting the training points in decreasing order of a score (self-influence: points the
@@ -80,6 +80,9 @@ class SelfInfluenceDisplay:
     def from_scores(cls, scores, flipped, *, baseline_scores=None, name: str = "self-influence",
                     ax=None) -> SelfInfluenceDisplay:
         """Rank by ``scores`` (highest first) and draw the detection curve.
+
+        The curve is :func:`sk_fastif.metrics.mislabel_detection_curve`'s: tied scores are
+        inspected together (the curve goes straight across a tie).
 
         Parameters
         ----------
@@ -184,7 +187,7 @@ class SelfInfluenceDisplay:
         import_pyplot()
         if not isinstance(self.curves, Mapping) or not self.curves:
             raise TypeError("curves must be a non-empty mapping of name to (inspected, found).")
-        ax = new_or_given_ax(ax)
+        ax = self._plot_axes(ax)
         self.lines_ = {}
         for name, (inspected, found) in self.curves.items():
             x = check_1d(f"{name!r} fraction inspected", inspected)
@@ -197,5 +200,4 @@ class SelfInfluenceDisplay:
         ax.set_xlabel("fraction of the training set inspected")
         ax.set_ylabel("fraction of the flipped labels found")
         ax.legend(fontsize=8, loc="lower right")
-        self.ax_, self.figure_ = ax, ax.figure
         return self

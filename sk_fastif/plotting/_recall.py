@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
-from ._base import BASELINE_COLOR, check_1d, import_pyplot, new_or_given_ax
-
-_RANK_KINDS = ("helpful", "harmful", "abs")
+from ..metrics import candidate_recall_curve
+from ._base import BASELINE_COLOR, DisplayAxesMixin, check_1d, import_pyplot
 
 
-def _true_top(scores: np.ndarray, m: int, kind: str) -> np.ndarray:
-    key = {"helpful": -scores, "harmful": scores, "abs": -np.abs(scores)}[kind]
-    return np.argsort(key, axis=1, kind="stable")[:, :m]
-
-
-class CandidateRecallDisplay:
+class CandidateRecallDisplay(DisplayAxesMixin):
     """FastIF's recall plot: how much of the true top-``m`` a shortlist of ``k`` points holds.
 
     For each shortlist size ``k`` (the selector's ``n_neighbors``), the mean over the queries of
@@ -62,10 +54,11 @@ class CandidateRecallDisplay:
                        kind: str = "helpful", name=None, ax=None) -> CandidateRecallDisplay:
         """Measure the recall of a fitted explainer's selector at several shortlist sizes.
 
-        Scores every training point for each query (with the explainer's own iHVPs, as
-        :func:`sk_fastif.metrics.candidate_recall` does, so only the pruning is measured) and
-        queries the fitted selector once for the largest ``k``; the shortlist of size ``k`` is
-        the ``k`` nearest of those (nearest first). Costs one pass over the training gradients.
+        The recall is :func:`sk_fastif.metrics.candidate_recall_curve`'s (every training point
+        scored for each query, with the same iHVPs as the shortlists, so only the pruning is
+        measured; the fitted selector queried once for the largest ``k``, the shortlist of size
+        ``k`` the first ``k`` of that one); :meth:`from_recall` draws it. Costs one pass over
+        the training gradients.
 
         Parameters
         ----------
@@ -105,39 +98,44 @@ class CandidateRecallDisplay:
         >>> expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
         ...                           candidates=ExactCandidates(20, embedding="input")).fit(X, y)
         >>> disp = CandidateRecallDisplay.from_explainer(expl, X[:5], n_neighbors=[5, 60], top=5)
-        >>> disp.recall[5][-1]  # a shortlist of all 60 points holds the whole top 5
+        >>> float(disp.recall[5][-1])  # a shortlist of all 60 points holds the whole top 5
         1.0
         """
-        if kind not in _RANK_KINDS:
-            raise ValueError(f"kind must be one of {_RANK_KINDS}; got {kind!r}.")
-        selector = getattr(explainer, "candidates_", None)
-        if selector is None:
-            raise ValueError(
-                "the explainer has no candidates: there is no shortlist to measure. Set "
-                "candidates=NNDescentCandidates(...) and fit again."
-            )
-        n_train = int(explainer.n_train_)
-        if n_neighbors is None:
-            n_neighbors = np.unique(np.geomspace(1, n_train, 12).round().astype(np.int64))
-        ks = check_1d("n_neighbors", n_neighbors, dtype=np.int64)
-        tops = [top] if np.ndim(top) == 0 else list(top)
-        for value, what in [(k, "n_neighbors") for k in ks] + [(m, "top") for m in tops]:
-            if not 1 <= int(value) <= n_train:
-                raise ValueError(f"{what} must hold integers in [1, n_train={n_train}]; got "
-                                 f"{value!r}.")
-        Xt, yt = explainer.as_engine_input(X, y)
-        engine = explainer.parallel_engine()
-        scores = engine.score_rows(engine.factors(engine.gradients(Xt, yt)).solution)
-        shortlist, _ = selector.kneighbors(explainer.net_, Xt, n_neighbors=int(ks.max()))
-        recall = {}
-        for m in tops:
-            truth = _true_top(scores, int(m), kind)
-            recall[int(m)] = [
-                float(np.mean([len(np.intersect1d(t, c[:k])) / int(m)
-                               for t, c in zip(truth, shortlist)]))
-                for k in ks
-            ]
-        return cls(ks, recall, n_train=n_train, name=name).plot(ax=ax)
+        result = candidate_recall_curve(explainer, X, y, n_neighbors=n_neighbors, top=top,
+                                        kind=kind)
+        return cls.from_recall(result.n_neighbors, result.recall, n_train=result.n_train,
+                               name=name, ax=ax)
+
+    @classmethod
+    def from_recall(cls, n_neighbors, recall, *, n_train, name=None,
+                    ax=None) -> CandidateRecallDisplay:
+        """Draw recall already computed, e.g. by :func:`~sk_fastif.metrics.candidate_recall_curve`.
+
+        Parameters
+        ----------
+        n_neighbors : array-like of int of shape (n_sizes,)
+            The shortlist sizes ``k``.
+        recall : mapping of int to array-like of shape (n_sizes,)
+            For each ``m``, the mean ``R@m`` at each ``k``.
+        n_train : int
+            Number of training points (for the random baseline ``k / n_train``).
+        name : str, default=None
+            Legend prefix.
+        ax : matplotlib Axes, default=None
+
+        Returns
+        -------
+        display : CandidateRecallDisplay
+
+        Examples
+        --------
+        >>> from sk_fastif.plotting import CandidateRecallDisplay
+        >>> disp = CandidateRecallDisplay.from_recall([10, 100], {10: [0.5, 0.9]}, n_train=200,
+        ...                                           name="input")
+        >>> disp.lines_[10].get_label(), disp.baseline_line_.get_ydata().tolist()
+        ('input: R@10', [0.05, 0.5])
+        """
+        return cls(n_neighbors, recall, n_train=n_train, name=name).plot(ax=ax)
 
     def plot(self, ax=None) -> CandidateRecallDisplay:
         """Draw the recall curves and the random baseline.
@@ -163,7 +161,7 @@ class CandidateRecallDisplay:
         ks = check_1d("n_neighbors", self.n_neighbors)
         if not isinstance(self.recall, Mapping) or not self.recall:
             raise TypeError("recall must be a non-empty mapping of m to recall values.")
-        ax = new_or_given_ax(ax)
+        ax = self._plot_axes(ax)
         prefix = "" if self.name is None else f"{self.name}: "
         self.lines_ = {}
         for m, values in self.recall.items():
@@ -179,5 +177,4 @@ class CandidateRecallDisplay:
         ax.set_xlabel("n_neighbors (shortlist size k)")
         ax.set_ylabel("recall of the true top m")
         ax.legend(fontsize=8)
-        self.ax_, self.figure_ = ax, ax.figure
         return self

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._base import BASELINE_COLOR, check_1d, import_pyplot, new_or_given_ax
+from ._base import BASELINE_COLOR, DisplayAxesMixin, check_1d, import_pyplot
 
 
 def _solver_name(solver) -> str:
@@ -16,7 +16,7 @@ def _solver_name(solver) -> str:
     return f"{type(solver).__name__}({', '.join(shown)})"
 
 
-class SolverTraceDisplay:
+class SolverTraceDisplay(DisplayAxesMixin):
     """Convergence traces of iterative solves (LiSSA, CG), on a log scale.
 
     Each :class:`~sk_fastif.solvers.SolveResult` records a ``trace``, one number per
@@ -97,8 +97,9 @@ class SolverTraceDisplay:
     def from_explainer(cls, explainer, X, y=None, *, name=None, ax=None) -> SolverTraceDisplay:
         """Solve for the factors of ``X`` with a fitted explainer and draw the solver's trace.
 
-        Calls :meth:`InfluenceExplainer.influence_factors` and draws
-        :attr:`InfluenceExplainer.last_solve_`, with the solver's ``tol`` (when set).
+        Draws the :class:`~sk_fastif.solvers.SolveResult` that
+        :meth:`InfluenceExplainer.solve` returns, with the solver's ``tol`` (when set), by
+        :meth:`from_solve_results`.
 
         Parameters
         ----------
@@ -133,15 +134,12 @@ class SolverTraceDisplay:
         >>> bool(disp.lines_["CG"].get_ydata()[-1] <= 1e-6)
         True
         """
-        explainer.influence_factors(X, y)
-        result = explainer.last_solve_
+        result = explainer.solve(X, y)
         if not result.trace:
             raise ValueError("the solve recorded no trace (X has no rows).")
         name = _solver_name(explainer.solver_) if name is None else str(name)
         tol = explainer.solver_.get_params(deep=False).get("tol")
-        disp = cls({name: list(result.trace)}, converged={name: bool(result.converged)},
-                   tol=tol)
-        return disp.plot(ax=ax)
+        return cls.from_solve_results({name: result}, tol=tol, ax=ax)
 
     def plot(self, ax=None) -> SolverTraceDisplay:
         """Draw the traces.
@@ -166,7 +164,7 @@ class SolverTraceDisplay:
         import_pyplot()
         if not isinstance(self.traces, Mapping) or not self.traces:
             raise TypeError("traces must be a non-empty mapping of name to trace.")
-        ax = new_or_given_ax(ax)
+        ax = self._plot_axes(ax)
         self.lines_ = {}
         for name, trace in self.traces.items():
             values = check_1d(f"trace {name!r}", trace)
@@ -183,5 +181,4 @@ class SolverTraceDisplay:
         ax.set_xlabel("iteration")
         ax.set_ylabel("trace (CG: relative residual,\nLiSSA: relative change)")
         ax.legend(fontsize=8)
-        self.ax_, self.figure_ = ax, ax.figure
         return self

@@ -14,6 +14,7 @@ from ._base import (
     ScaleRestartWarning,
     SolveResult,
     auto_damping,
+    merge_results,
 )
 from ._cg import CG
 from ._ekfac import EKFAC
@@ -35,4 +36,5 @@ __all__ = [
     "SolveResult",
     "auto_damping",
     "auto_solver",
+    "merge_results",
 ]

@@ -13,15 +13,21 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import (
+
+from .._curvature import CurvatureOperator
+from .._sklearn_compat import (
     Interval,
     InvalidParameterError,
     StrOptions,
     make_constraint,
     validate_parameter_constraints,
 )
-
-from .._curvature import CurvatureOperator
+from ..exceptions import (  # noqa: F401  (re-exported)
+    CurvatureTooLargeError,
+    DivergenceError,
+    IndefiniteCurvatureWarning,
+    ScaleRestartWarning,
+)
 
 # ``damping="auto"``: this fraction of the largest eigenvalue of H, from this many power steps.
 AUTO_DAMPING_FRACTION = 0.01
@@ -87,28 +93,6 @@ def auto_damping(op: CurvatureOperator) -> tuple[float, float]:
     return max(AUTO_DAMPING_FRACTION * top, _AUTO_DAMPING_FLOOR), top
 
 
-class DivergenceError(ArithmeticError):
-    """Raised when an iterative solver diverges or produces non-finite values.
-
-    The message names the setting to change (``scale``, ``damping`` or ``curvature``).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sk_fastif.solvers import CurvatureOperator
-    >>> H = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))  # an explicit curvature
-    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
-    ...                        n_params=2, n_samples=100, dtype=torch.float64)
-    >>> from sk_fastif.solvers import DivergenceError, LiSSA
-    >>> G = torch.ones(1, 2, dtype=torch.float64)
-    >>> try:  # scale must exceed half of H's largest eigenvalue, 2
-    ...     LiSSA(damping=0.0, scale=0.5, depth=100, random_state=0).solve(op, G)
-    ... except DivergenceError as exc:
-    ...     print(str(exc)[:28])
-    LiSSA diverged: at step 5 of
-    """
-
-
 @dataclass
 class SolveResult:
     """The outcome of one block solve.
@@ -153,6 +137,51 @@ class SolveResult:
     converged: bool
     n_iter: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def merge_results(results: list[SolveResult], S: torch.Tensor) -> SolveResult:
+    """One :class:`SolveResult` for a solve done in blocks: the block trace maxima per step.
+
+    Parameters
+    ----------
+    results : list of SolveResult
+        The solves of the blocks, in order.
+    S : torch.Tensor of shape (n, n_params)
+        Their solutions, concatenated.
+
+    Returns
+    -------
+    result : SolveResult
+        ``S`` with, at each step, the largest trace value over the blocks that ran that step;
+        the products summed, converged when every block converged, the most iterations of a
+        block, and the last block's ``info``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_fastif.solvers import merge_results
+    >>> from sk_fastif.solvers import SolveResult
+    >>> a = SolveResult(torch.zeros(2, 3), trace=[1.0, 0.1], n_hvp=4, converged=True, n_iter=2)
+    >>> b = SolveResult(torch.ones(1, 3), trace=[0.5, 0.2, 0.01], n_hvp=3, converged=False,
+    ...                 n_iter=3)
+    >>> merged = merge_results([a, b], torch.cat([a.solution, b.solution]))
+    >>> merged.trace, merged.n_hvp, merged.converged, merged.n_iter
+    ([1.0, 0.2, 0.01], 7, False, 3)
+    """
+    if len(results) == 1:
+        return SolveResult(solution=S, trace=results[0].trace, n_hvp=results[0].n_hvp,
+                           converged=results[0].converged, n_iter=results[0].n_iter,
+                           info=dict(results[0].info))
+    n_steps = max((len(r.trace) for r in results), default=0)
+    trace = [max(r.trace[i] for r in results if i < len(r.trace)) for i in range(n_steps)]
+    return SolveResult(
+        solution=S,
+        trace=trace,
+        n_hvp=sum(r.n_hvp for r in results),
+        converged=all(r.converged for r in results),
+        n_iter=max(r.n_iter for r in results),
+        info=dict(results[-1].info),
+    )
 
 
 class BaseSolver(BaseEstimator):
@@ -279,6 +308,58 @@ class BaseSolver(BaseEstimator):
             message names the setting to change.
         """
         return self._template_solve(op, G)
+
+    # ------------------------------------------------------------------------------------------
+    # Work units: how a block of right-hand sides is spread over workers, and put back.
+    # ------------------------------------------------------------------------------------------
+
+    def work_units(self, n_rhs: int, block_size: int, n_workers: int = 1) -> list:
+        """Split ``n_rhs`` right-hand sides into the units of work of one solve.
+
+        The default: consecutive blocks of at most ``block_size`` rows, smaller when that
+        leaves a worker idle (a solution never depends on the block it is solved in). With one
+        worker they are the blocks of a sequential solve.
+
+        Parameters
+        ----------
+        n_rhs : int
+            Number of right-hand sides.
+        block_size : int
+            The most rows solved together (the memory knob, ``batch_size``).
+        n_workers : int, default=1
+            Workers the units are spread over.
+
+        Returns
+        -------
+        units : list
+            Opaque units for :meth:`solve_unit` and :meth:`combine` (here: slices of rows).
+
+        Examples
+        --------
+        >>> from sk_fastif.solvers import CG
+        >>> CG().work_units(10, 4)
+        [slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)]
+        >>> CG().work_units(10, 128, n_workers=2)
+        [slice(0, 5, None), slice(5, 10, None)]
+        """
+        size = max(1, min(int(block_size), -(-int(n_rhs) // max(1, int(n_workers)))))
+        return [slice(a, min(a + size, n_rhs)) for a in range(0, n_rhs, size)]
+
+    def solve_unit(self, op: CurvatureOperator, G: torch.Tensor, unit) -> SolveResult:
+        """Solve one unit of :meth:`work_units` (``G`` holds all right-hand sides)."""
+        return self.solve(op, G[unit])
+
+    def combine(self, units: list, results: list, G: torch.Tensor, rerun) -> SolveResult:
+        """One :class:`SolveResult` for all of ``G`` from the results of its units, in order.
+
+        ``rerun(units) -> results`` solves more units (where a solver needs a second round);
+        the default needs none. A solver whose solves refresh its prepared state (LiSSA's
+        restarts) adopts here what workers' copies found.
+        """
+        S = torch.cat([r.solution.to(G.device) for r in results]) if results else G[:0]
+        if not results:
+            return SolveResult(solution=S, trace=[], n_hvp=0, converged=True)
+        return merge_results(results, S)
 
     def _template_solve(self, op: CurvatureOperator, G: torch.Tensor, **options) -> SolveResult:
         """The body of :meth:`solve`; ``options`` go to :meth:`_solve` (partial solves)."""
@@ -415,57 +496,6 @@ class BaseSolver(BaseEstimator):
             state.pop("_prepared_fingerprint", None)
             state.pop("_prepared_key", None)
         return state
-
-
-class IndefiniteCurvatureWarning(UserWarning):
-    """Warned when ``H + damping * I`` is not positive definite (influences are then unreliable).
-
-    Examples
-    --------
-    >>> import warnings, torch
-    >>> from sk_fastif.solvers import CurvatureOperator, Exact, IndefiniteCurvatureWarning
-    >>> H = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))  # indefinite
-    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
-    ...                        n_params=2, n_samples=100, dtype=torch.float64)
-    >>> with warnings.catch_warnings(record=True) as caught:
-    ...     warnings.simplefilter("always")
-    ...     _ = Exact(damping=0.1).prepare(op)
-    >>> caught[0].category is IndefiniteCurvatureWarning
-    True
-    """
-
-
-class ScaleRestartWarning(UserWarning):
-    """Warned when LiSSA with ``scale="auto"`` diverged and restarts with a doubled scale.
-
-    The restart is recorded in the solver's ``restarts_`` and in the solve's ``info``. To make
-    a restart an error instead (e.g. in a benchmark that must not change its scale), filter it:
-
-    Examples
-    --------
-    >>> import warnings
-    >>> from sk_fastif.solvers import ScaleRestartWarning
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("error", ScaleRestartWarning)
-    ...     # explainer.fit(...) or explainer.influences(...) here would raise on a restart
-    """
-
-
-class CurvatureTooLargeError(MemoryError):
-    """Raised by :class:`Exact` when the explicit ``P x P`` curvature would not fit in memory.
-
-    Raised before any curvature product; the message says how much memory was needed.
-
-    Examples
-    --------
-    >>> from sk_fastif.solvers import CurvatureOperator, CurvatureTooLargeError, Exact
-    >>> huge = CurvatureOperator(matvec=None, batch_matvec=None, n_params=10**7, n_samples=10)
-    >>> try:
-    ...     Exact().prepare(huge)
-    ... except CurvatureTooLargeError as exc:
-    ...     print(str(exc)[:58])
-    Exact needs the explicit n_params x n_params curvature mat
-    """
 
 
 def _numeric_only(constraints: list) -> bool:

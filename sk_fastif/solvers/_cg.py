@@ -7,8 +7,9 @@ from numbers import Integral, Real
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._curvature import apply_inverse
+from .._sklearn_compat import Interval, StrOptions
 from ._base import (
     BaseSolver,
     CurvatureOperator,
@@ -16,8 +17,7 @@ from ._base import (
     SolveResult,
     _work_dtype,
 )
-from ._ekfac import require_training_data
-from ._kfac_factors import apply_inverse, compute_factors
+from ._ekfac import require_factored
 
 
 class CG(BaseSolver):
@@ -115,15 +115,15 @@ class CG(BaseSolver):
     def _check_params(self, op: CurvatureOperator) -> None:
         super()._check_params(op)
         if self.preconditioner is not None:
-            require_training_data(op, self._WHO)
+            require_factored(op, self._WHO)
 
     def _prepare(self, op: CurvatureOperator) -> int:
         """With ``preconditioner="ekfac"``, compute the EK-FAC factors (no products)."""
         self.__dict__.pop("preconditioner_factors_", None)
         if self.preconditioner == "ekfac":
-            data = require_training_data(op, self._WHO)
+            factored = require_factored(op, self._WHO)
             try:
-                self.preconditioner_factors_ = compute_factors(data, None, None)
+                self.preconditioner_factors_ = factored.factors(None, None)
             except ValueError as exc:
                 raise ValueError(f"{self._WHO}: {exc}") from exc
         return 0

@@ -7,28 +7,32 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._curvature import FactoredCurvature, KroneckerFactors, apply_inverse
+from .._sklearn_compat import Interval, StrOptions
 from ._base import BaseSolver, CurvatureOperator, DivergenceError, SolveResult, _work_dtype
-from ._kfac_factors import KroneckerFactors, apply_inverse, compute_factors
 
 __all__ = ["EKFAC", "KroneckerFactors"]
 
 
-def require_training_data(op: CurvatureOperator, who: str):
-    """``op.data``, or a ValueError saying that ``who`` needs the net behind the operator."""
-    data = getattr(op, "data", None)
-    if data is None:
+def require_factored(op: CurvatureOperator, who: str) -> FactoredCurvature:
+    """``op.factored``, or a ValueError saying that ``who`` needs the net behind the operator.
+
+    The factored view is computed by the curvature layer from the net and the training data;
+    the solver only asks it for factors.
+    """
+    factored = getattr(op, "factored", None)
+    if factored is None:
         raise ValueError(
             f"{who} needs the net and training data behind the curvature operator "
-            "(CurvatureOperator.data), to read the layers' inputs and output gradients; this "
+            "(CurvatureOperator.factored), for the Kronecker factors of its layers; this "
             "operator has none (it was built from products only, e.g. from a matrix). Use it "
             "through InfluenceExplainer or InfluenceEngine, or use Exact, CG or LiSSA.")
-    n = int(data.bridge.n_params)
+    n = int(factored.n_params)
     if n != int(op.n_params):
         raise ValueError(f"{who}: the operator has n_params={op.n_params} but its net's "
                          f"selected parameters have {n}.")
-    return data
+    return factored
 
 
 class EKFAC(BaseSolver):
@@ -96,7 +100,7 @@ class EKFAC(BaseSolver):
         From :meth:`prepare`, when a selected parameter is not the weight or bias of a
         ``torch.nn.Linear`` layer (the message names them and suggests ``params=``), when a
         layer is applied more than once per forward pass, or when the operator carries no
-        net (``CurvatureOperator.data`` is None, e.g. an operator built from a matrix).
+        net (``CurvatureOperator.factored`` is None, e.g. an operator built from a matrix).
     DivergenceError
         From :meth:`solve` with ``damping=0`` when some corrected eigenvalue is zero.
 
@@ -156,18 +160,18 @@ class EKFAC(BaseSolver):
 
     def _prepare(self, op: CurvatureOperator) -> int:
         """Compute the factors of the selected Linear layers (two passes, no products)."""
-        data = require_training_data(op, "EKFAC")
+        factored = require_factored(op, "EKFAC")
         seed = None
         if self.mc_samples is not None:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        factors = compute_factors(data, self.mc_samples, seed)
+        factors = factored.factors(self.mc_samples, seed)
         self.factors_ = factors
         self.layers_ = [f.block.layer for f in factors]
         return 0
 
     def _check_params(self, op: CurvatureOperator) -> None:
         super()._check_params(op)
-        require_training_data(op, "EKFAC")
+        require_factored(op, "EKFAC")
 
     def _solve(self, op: CurvatureOperator, G: torch.Tensor) -> SolveResult:
         """Apply the damped inverse of the EK-FAC curvature to every row of ``G``."""

@@ -7,8 +7,8 @@ import warnings
 from numbers import Real
 
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._sklearn_compat import Interval, StrOptions
 from ._base import (
     BaseSolver,
     CurvatureOperator,

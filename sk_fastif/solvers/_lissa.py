@@ -8,8 +8,9 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._sklearn_compat import Interval, StrOptions
+from ..exceptions import LiSSADepthWarning  # noqa: F401  (re-exported)
 from ._base import (
     BaseSolver,
     CurvatureOperator,
@@ -17,6 +18,7 @@ from ._base import (
     IndefiniteCurvatureWarning,
     ScaleRestartWarning,
     SolveResult,
+    merge_results,
 )
 
 # Power iterations per top-eigenvalue estimate, minibatch Hessians probed, safety factor.
@@ -33,28 +35,6 @@ _GROWTH = 10.0
 _AUTO_DEPTH_TAIL = 1e-2
 _TRUNCATED = 0.1
 _LONG = 20_000
-
-
-class LiSSADepthWarning(UserWarning):
-    """Warned when LiSSA's ``depth`` truncates its series, or when ``depth="auto"`` is long.
-
-    A truncated series estimates ``(H + λI)^{-1} g`` only along directions of large curvature:
-    along flat ones it behaves as if the damping were about ``scale / depth`` instead of ``λ``.
-
-    Examples
-    --------
-    >>> import warnings
-    >>> import torch
-    >>> from sk_fastif.solvers import CurvatureOperator, LiSSA, LiSSADepthWarning
-    >>> H = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))
-    >>> op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
-    ...                        n_params=2, n_samples=1, dtype=torch.float64)
-    >>> with warnings.catch_warnings(record=True) as caught:
-    ...     warnings.simplefilter("always")
-    ...     _ = LiSSA(damping=0.01, scale=2.0, depth=50, batch_size=1).solve(op, torch.ones((1, 2)))
-    >>> [w.category.__name__ for w in caught]
-    ['LiSSADepthWarning']
-    """
 
 
 def auto_depth(scale: float, damping: float) -> int:
@@ -376,6 +356,82 @@ class LiSSA(BaseSolver):
                     "steps here) or raise damping.", LiSSADepthWarning, stacklevel=5)
 
     # ------------------------------------------------------------------------------------------
+
+    # ------------------------------------------------------------------------ work units
+
+    def work_units(self, n_rhs: int, block_size: int, n_workers: int = 1) -> list:
+        """Blocks of right-hand sides or, with ``n_repeats > 1`` and several workers, (block,
+        group of chains) pairs: FastIF's parallel variant, the chains of a block averaged.
+
+        Examples
+        --------
+        >>> from sk_fastif.solvers import LiSSA
+        >>> LiSSA(n_repeats=4).work_units(3, 128, n_workers=2)
+        [(slice(0, 3, None), (0, 1), None), (slice(0, 3, None), (2, 3), None)]
+        """
+        n_repeats = int(self.n_repeats)
+        if n_repeats <= 1 or n_workers <= 1:
+            return super().work_units(n_rhs, block_size, n_workers)
+        n_groups = min(n_repeats, int(n_workers))
+        groups = [tuple(int(r) for r in g)
+                  for g in np.array_split(np.arange(n_repeats), n_groups)]
+        blocks = [slice(a, min(a + block_size, n_rhs)) for a in range(0, n_rhs, block_size)]
+        return [(rows, g, None) for rows in blocks for g in groups]
+
+    def solve_unit(self, op: CurvatureOperator, G: torch.Tensor, unit) -> SolveResult:
+        """Solve a block, or run a group of chains of a block (at a given scale, if any)."""
+        if isinstance(unit, slice):
+            return self.solve(op, G[unit])
+        rows, repeats, scale = unit
+        return self.solve_chains(op, G[rows], repeats, scale=scale)
+
+    def combine(self, units: list, results: list, G: torch.Tensor, rerun) -> SolveResult:
+        """Put the units back together (see :meth:`BaseSolver.combine`).
+
+        The chain groups of a block must end at one scale to be averaged: a group that an
+        automatic-scale restart left behind is run again (by ``rerun``) at the scale the
+        others reached, as a sequential solve would have done. A restart found by a worker's
+        copy of the solver is adopted: ``scale_`` and ``restarts_`` end as after a sequential
+        solve.
+        """
+        self._adopt_restarts(results)
+        if not units or isinstance(units[0], slice):
+            return super().combine(units, results, G, rerun)
+        results = list(results)
+        blocks = list(dict.fromkeys((u[0].start, u[0].stop) for u in units))
+        n_groups = len(units) // len(blocks)
+        while True:
+            by_block = [results[i * n_groups:(i + 1) * n_groups] for i in range(len(blocks))]
+            top = [max(float(r.info["scale"]) for r in rs) for rs in by_block]
+            behind = [(b, j) for b, rs in enumerate(by_block) for j, r in enumerate(rs)
+                      if float(r.info["scale"]) < top[b]]
+            if not behind:
+                break
+            redo = [(units[b * n_groups + j][0], units[b * n_groups + j][1], top[b])
+                    for b, j in behind]
+            again = rerun(redo)
+            self._adopt_restarts(again)
+            for (b, j), r in zip(behind, again):
+                results[b * n_groups + j] = r
+        merged = []
+        for rs in by_block:
+            S = sum(r.solution.to(G.device) for r in rs[1:]) + rs[0].solution.to(G.device)
+            block = merge_results(rs, S)
+            block.n_hvp = sum(r.n_hvp for r in rs)
+            merged.append(block)
+        result = merge_results(merged, torch.cat([m.solution for m in merged]))
+        result.info.pop("repeats", None)
+        return result
+
+    def _adopt_restarts(self, results: list) -> None:
+        """Keep a scale that a restart in a worker's copy doubled (one in this very solver,
+        which a sequential solve updates itself, is already here)."""
+        reached = max((float(r.info.get("scale", 0.0)) for r in results), default=0.0)
+        if not hasattr(self, "scale_") or reached <= float(self.scale_):
+            return
+        self.restarts_.extend(dict(r) for res in results for r in res.info.get("restarts", []))
+        self.scale_ = reached
+        self.depth_ = self._depth_at(reached, self._settings())
 
     def solve_chains(self, op: CurvatureOperator, G: torch.Tensor, repeats,
                      scale: float | None = None) -> SolveResult:

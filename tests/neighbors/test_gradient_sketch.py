@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_fastif import InfluenceExplainer
-from sk_fastif.neighbors import ExactCandidates, GradientSketchCandidates
+from sk_fastif.neighbors import ExactCandidates, GradientSketchCandidates, SearchContext
 from sk_fastif.solvers import Exact
 
 
@@ -49,7 +49,7 @@ def problem(digits, digits_mlp):
 
 def fit_sketch(expl, **params):
     sel = GradientSketchCandidates(**{"n_neighbors": 20, "random_state": 0, **params})
-    return sel.fit(expl.net_, expl.engine_.X_train, engine=expl.engine_)
+    return sel.fit(expl.engine_.search_context())
 
 
 # --------------------------------------------------------------------------------- recall
@@ -58,9 +58,9 @@ def test_sketch_recall_is_far_above_the_penultimate_selectors(digits, problem):
     expl, S, scores = problem
     k = 20  # 5% of the 400 training points
     sketch = fit_sketch(expl, n_components=32, kind="helpful")
-    short_sketch, _ = sketch.kneighbors(expl.net_, Xte, k, factors=S)
-    pen = ExactCandidates(n_neighbors=k).fit(expl.net_, Xtr)
-    short_pen, _ = pen.kneighbors(expl.net_, Xte)
+    short_sketch, _ = sketch.kneighbors(SearchContext(expl.net_, Xte, factors=S), n_neighbors=k)
+    pen = ExactCandidates(n_neighbors=k).fit(SearchContext(expl.net_, Xtr))
+    short_pen, _ = pen.kneighbors(SearchContext(expl.net_, Xte))
     r_sketch, r_pen = recall_at_10(scores, short_sketch), recall_at_10(scores, short_pen)
     assert r_sketch >= 0.9, (r_sketch, r_pen)
     assert r_sketch >= r_pen + 0.3, (r_sketch, r_pen)
@@ -70,7 +70,7 @@ def test_estimates_track_the_true_scores(digits, problem):
     _, _, Xte, _ = digits
     expl, S, scores = problem
     sketch = fit_sketch(expl, n_components=64, kind="abs")
-    idx, est = sketch.kneighbors(expl.net_, Xte, factors=S)
+    idx, est = sketch.kneighbors(SearchContext(expl.net_, Xte, factors=S))
     true = np.take_along_axis(scores, idx, axis=1)
     corr = np.corrcoef(est.ravel(), true.ravel())[0, 1]
     assert corr > 0.95, corr
@@ -82,7 +82,7 @@ def test_full_dimension_returns_exactly_the_true_top_k(digits, problem, projecti
     _, _, Xte, _ = digits
     expl, S, scores = problem
     sketch = fit_sketch(expl, n_components=expl.n_params_, projection=projection, kind=kind)
-    idx, est = sketch.kneighbors(expl.net_, Xte, factors=S)
+    idx, est = sketch.kneighbors(SearchContext(expl.net_, Xte, factors=S))
     np.testing.assert_array_equal(np.sort(idx, axis=1), np.sort(top(scores, 20, kind), axis=1))
     np.testing.assert_allclose(est, np.take_along_axis(scores, idx, axis=1),
                                rtol=1e-3, atol=1e-4 * np.abs(scores).max())
@@ -108,12 +108,12 @@ def test_mean_query_ranks_the_groups_mean_factor(digits, problem):
     expl, S, scores = problem
     sketch = fit_sketch(expl, n_components=expl.n_params_, projection="orthogonal",
                         kind="helpful")
-    idx, _ = sketch.kneighbors(expl.net_, Xte[:8], factors=S[:8], query="mean")
+    idx, _ = sketch.kneighbors(SearchContext(expl.net_, Xte[:8], factors=S[:8]), query="mean")
     assert idx.shape == (1, 20)
     truth = top(scores[:8].mean(axis=0, keepdims=True), 20)
     np.testing.assert_array_equal(np.sort(idx), np.sort(truth))
-    one, _ = sketch.kneighbors(expl.net_, Xte[:8], factors=S[:8].mean(0, keepdim=True),
-                               query="mean")
+    one, _ = sketch.kneighbors(SearchContext(expl.net_, Xte[:8],
+                                             factors=S[:8].mean(0, keepdim=True)), query="mean")
     np.testing.assert_array_equal(one, idx)
 
 
@@ -147,8 +147,8 @@ def test_random_state_makes_the_sketch_reproducible(digits, problem):
         b = fit_sketch(expl, n_components=32, projection=projection)
         np.testing.assert_array_equal(a.components_, b.components_)
         np.testing.assert_array_equal(a.sketch_, b.sketch_)
-        np.testing.assert_array_equal(a.kneighbors(expl.net_, Xte, factors=S)[0],
-                                      b.kneighbors(expl.net_, Xte, factors=S)[0])
+        np.testing.assert_array_equal(a.kneighbors(SearchContext(expl.net_, Xte, factors=S))[0],
+                                      b.kneighbors(SearchContext(expl.net_, Xte, factors=S))[0])
         c = fit_sketch(expl, n_components=32, projection=projection, random_state=1)
         assert not np.allclose(a.components_, c.components_)
 
@@ -167,17 +167,24 @@ def test_explainer_seeds_the_selector(digits, digits_mlp):
                                   b.explain(Xte[:4], yte[:4], k=5).helpful_indices)
 
 
-def test_fitted_selector_pickles_without_the_net(digits, problem):
+@pytest.mark.parametrize("n_components, projection", [(None, "orthogonal"), (32, "svd")])
+def test_unpickled_selector_shortlists_as_well_as_the_fitted_one(digits, problem,
+                                                                 n_components, projection):
     _, _, Xte, _ = digits
-    expl, S, _ = problem
-    sel = fit_sketch(expl, n_components=32)
-    blob = pickle.dumps(sel)
-    assert b"skorch" not in blob and b"InfluenceEngine" not in blob
-    restored = pickle.loads(blob)
-    i1, v1 = sel.kneighbors(expl.net_, Xte, factors=S)
-    i2, v2 = restored.kneighbors(expl.net_, Xte, factors=S)
-    np.testing.assert_array_equal(i1, i2)
-    np.testing.assert_array_equal(v1, v2)
+    expl, S, scores = problem
+    sel = fit_sketch(expl, n_components=n_components or expl.n_params_, projection=projection,
+                     kind="helpful")
+    restored = pickle.loads(pickle.dumps(sel))
+    idx, est = restored.kneighbors(SearchContext(expl.net_, Xte, factors=S))
+    i1, v1 = sel.kneighbors(SearchContext(expl.net_, Xte, factors=S))
+    np.testing.assert_array_equal(idx, i1)
+    np.testing.assert_array_equal(est, v1)
+    if n_components is None:  # full dimension: exactly the exhaustive top 20 and their scores
+        np.testing.assert_array_equal(np.sort(idx, axis=1), np.sort(top(scores, 20), axis=1))
+        np.testing.assert_allclose(est, np.take_along_axis(scores, idx, axis=1),
+                                   rtol=1e-3, atol=1e-4 * np.abs(scores).max())
+    else:  # a 32-dimensional sketch still finds the true top 10 among its 20 candidates
+        assert recall_at_10(scores, idx) >= 0.9, recall_at_10(scores, idx)
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -202,20 +209,20 @@ def test_errors_say_what_is_wrong(digits, digits_mlp, problem):
         fit_sketch(expl, n_components=p + 1)
     with pytest.raises(ValueError, match="exceeds the number of training samples"):
         fit_sketch(expl, n_neighbors=401)
-    with pytest.raises(ValueError, match="needs the influence engine"):
-        GradientSketchCandidates(n_components=8).fit(digits_mlp, Xtr)
-    with pytest.raises(ValueError, match="rows but the engine's training set"):
+    with pytest.raises(ValueError, match="needs the rows' gradient stream"):
+        GradientSketchCandidates(n_components=8).fit(SearchContext(digits_mlp, Xtr))
+    with pytest.warns(FutureWarning), pytest.raises(ValueError,
+                                                   match="rows but the engine's training set"):
         GradientSketchCandidates(n_components=8).fit(digits_mlp, Xtr[:10], engine=expl.engine_)
     with pytest.raises(NotFittedError):
-        GradientSketchCandidates().kneighbors(digits_mlp, Xte, factors=S)
+        GradientSketchCandidates().kneighbors(SearchContext(digits_mlp, Xte, factors=S))
     sel = fit_sketch(expl, n_components=8)
-    with pytest.raises(ValueError, match="needs the test points' iHVPs"):
-        sel.kneighbors(digits_mlp, Xte)
+    with pytest.raises(ValueError, match="needs the queries' iHVPs"):
+        sel.kneighbors(SearchContext(digits_mlp, Xte))
     with pytest.raises(ValueError, match=f"fitted on gradients of {p} parameters"):
-        sel.kneighbors(digits_mlp, Xte, factors=S[:, :10])
+        sel.kneighbors(SearchContext(digits_mlp, Xte, factors=S[:, :10]))
     with pytest.raises(ValueError, match="rows for 3 test points"):
-        sel.kneighbors(digits_mlp, Xte[:3], factors=S)
+        sel.kneighbors(SearchContext(digits_mlp, Xte[:3], factors=S))
     with pytest.raises(ValueError, match="n_neighbors must be an integer"):
-        sel.kneighbors(digits_mlp, Xte, 401, factors=S)
-    with pytest.raises(TypeError, match="no feature-space embedding"):
-        sel.embed(digits_mlp, Xte)
+        sel.kneighbors(SearchContext(digits_mlp, Xte, factors=S), n_neighbors=401)
+    assert not hasattr(sel, "embed")  # its space is the gradients'; transform() projects

@@ -15,12 +15,13 @@ import scipy.sparse as sp
 import torch
 from skorch import NeuralNetClassifier
 
-from sk_fastif import Explanation, InfluenceExplainer
+from sk_fastif import Explanation, InfluenceExplainer, _gradients
 from sk_fastif.metrics import candidate_recall
 from sk_fastif.neighbors import (
     ExactCandidates,
     LowCandidateRecallWarning,
     NNDescentCandidates,
+    SearchContext,
 )
 from sk_fastif.solvers import Exact
 
@@ -70,7 +71,7 @@ def test_candidate_scores_equal_exhaustive_scores_on_the_candidates(digits, full
     assert isinstance(scores, sp.csr_matrix)
     assert scores.shape == (len(Xte), 400)
     assert np.all(np.diff(scores.indptr) == K) and scores.has_sorted_indices
-    shortlists, _ = expl.candidates_.kneighbors(expl.net_, Xte)
+    shortlists, _ = expl.candidates_.kneighbors(SearchContext(expl.net_, Xte))
     tol = 1e-5 * np.abs(dense).max()
     for i in range(len(Xte)):
         row = scores[i]
@@ -92,7 +93,7 @@ def test_explain_ranks_within_the_candidates(digits, full, pruned):
     ex = pruned.explain(Xte, yte, k=7)
     assert isinstance(ex, Explanation) and ex.helpful_indices.shape == (len(Xte), 7)
     assert ex.helpful_indices.dtype == np.int64
-    shortlists, _ = pruned.candidates_.kneighbors(pruned.net_, Xte)
+    shortlists, _ = pruned.candidates_.kneighbors(SearchContext(pruned.net_, Xte))
     for i in range(len(Xte)):
         pool = shortlists[i]
         order = pool[np.argsort(-dense[i, pool], kind="stable")]
@@ -109,13 +110,13 @@ def test_training_gradients_only_for_the_union_of_candidates(digits, pruned, mon
     Xq = np.concatenate([Xte[:6], Xte[:6], Xte[6:9]])  # repeated queries share all candidates
     yq = np.concatenate([yte[:6], yte[:6], yte[6:9]])
     seen = []
-    original = pruned.engine_.bridge.iter_gradients
+    original = _gradients.iter_gradients
 
-    def spy(X, y):
+    def spy(bridge, X, y, **kwargs):
         seen.append(len(X))
-        yield from original(X, y)
+        yield from original(bridge, X, y, **kwargs)
 
-    monkeypatch.setattr(pruned.engine_.bridge, "iter_gradients", spy)
+    monkeypatch.setattr(_gradients, "iter_gradients", spy)
     scores = pruned.influences(Xq, yq)
     union = np.unique(scores.indices)
     # the first call embeds nothing: it is the test points' own gradients
@@ -216,7 +217,7 @@ def test_candidate_recall_is_one_for_a_full_shortlist(digits, digits_mlp):
 def test_candidate_recall_counts_the_true_top_points(digits, full, pruned):
     _, _, Xte, yte = digits
     dense = full.influences(Xte, yte)
-    shortlists, _ = pruned.candidates_.kneighbors(pruned.net_, Xte)
+    shortlists, _ = pruned.candidates_.kneighbors(SearchContext(pruned.net_, Xte))
     for kind, key in (("helpful", -dense), ("harmful", dense), ("abs", -np.abs(dense))):
         res = candidate_recall(pruned, Xte, yte, top=(10, 100), kind=kind)
         for m in (10, 100):
@@ -270,7 +271,7 @@ def test_pipeline_input_embedding_uses_the_transformed_features(digits):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from sk_fastif.datasets import TanhMLP
+    from sk_fastif.toy import TanhMLP
 
     Xtr, ytr, Xte, yte = digits
     torch.manual_seed(0)

@@ -16,7 +16,12 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 from skorch import NeuralNetClassifier
 
-from sk_fastif.neighbors import BaseCandidates, ExactCandidates, NNDescentCandidates
+from sk_fastif.neighbors import (
+    BaseCandidates,
+    ExactCandidates,
+    NNDescentCandidates,
+    SearchContext,
+)
 
 
 def hidden_activations(net, X):
@@ -38,7 +43,7 @@ def mean_recall(approx, exact):
 @pytest.fixture(scope="module")
 def nnd_digits(digits, digits_mlp):
     Xtr = digits[0]
-    return NNDescentCandidates(n_neighbors=40, random_state=0).fit(digits_mlp, Xtr)
+    return NNDescentCandidates(n_neighbors=40, random_state=0).fit(SearchContext(digits_mlp, Xtr))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def blobs():
 # ------------------------------------------------------------------------------------ embeddings
 def test_penultimate_is_the_input_of_the_last_linear_layer(digits, digits_mlp):
     Xtr, _, Xte, _ = digits
-    sel = ExactCandidates(n_neighbors=5, batch_size=7).fit(digits_mlp, Xtr)
+    sel = ExactCandidates(n_neighbors=5, batch_size=7).fit(SearchContext(digits_mlp, Xtr))
     assert sel.embedding_module_ == "output"
     assert sel.embedding_dim_ == 16
     np.testing.assert_allclose(sel.embed(digits_mlp, Xte), hidden_activations(digits_mlp, Xte),
@@ -76,7 +81,7 @@ def test_penultimate_follows_execution_order_not_registration_order():
     X = np.random.RandomState(0).randn(30, 4).astype(np.float32)
     net = NeuralNetClassifier(Reversed, criterion=torch.nn.CrossEntropyLoss, max_epochs=1,
                               train_split=None, verbose=0).fit(X, (X[:, 0] > 0).astype(np.int64))
-    sel = ExactCandidates(n_neighbors=3).fit(net, X)
+    sel = ExactCandidates(n_neighbors=3).fit(SearchContext(net, X))
     assert sel.embedding_module_ == "head"
     with torch.no_grad():
         expected = torch.relu(net.module_.body(torch.as_tensor(X))).numpy()
@@ -85,11 +90,11 @@ def test_penultimate_follows_execution_order_not_registration_order():
 
 def test_input_module_name_and_callable_embeddings(digits, digits_mlp):
     Xtr, _, Xte, _ = digits
-    sel = ExactCandidates(n_neighbors=3, embedding="input").fit(digits_mlp, Xtr)
+    sel = ExactCandidates(n_neighbors=3, embedding="input").fit(SearchContext(digits_mlp, Xtr))
     assert sel.embedding_module_ is None
     np.testing.assert_array_equal(sel.embed(digits_mlp, Xte), Xte)
 
-    sel = ExactCandidates(n_neighbors=3, embedding="hidden").fit(digits_mlp, Xtr)
+    sel = ExactCandidates(n_neighbors=3, embedding="hidden").fit(SearchContext(digits_mlp, Xtr))
     with torch.no_grad():
         pre = digits_mlp.module_.hidden(torch.as_tensor(Xte)).numpy()
     np.testing.assert_allclose(sel.embed(digits_mlp, Xte), pre, rtol=1e-6, atol=1e-6)
@@ -101,7 +106,7 @@ def test_input_module_name_and_callable_embeddings(digits, digits_mlp):
         return X[:, :5] * 2
 
     sel = ExactCandidates(n_neighbors=3, embedding=first_pixels, batch_size=150).fit(
-        digits_mlp, Xtr)
+        SearchContext(digits_mlp, Xtr))
     np.testing.assert_allclose(sel.embed(digits_mlp, Xte), Xte[:, :5] * 2)
     assert [c[1] for c in calls[:3]] == [150, 150, 100]  # chunks of batch_size over 400 rows
     assert all(c[0] is digits_mlp and not c[2] and not c[3] for c in calls)
@@ -112,7 +117,8 @@ def test_embedding_leaves_the_net_unchanged(digits, digits_mlp):
     before = copy.deepcopy(digits_mlp.module_.state_dict())
     digits_mlp.module_.train()
     try:
-        ExactCandidates(n_neighbors=3).fit(digits_mlp, Xtr).kneighbors(digits_mlp, Xtr[:4])
+        sel = ExactCandidates(n_neighbors=3).fit(SearchContext(digits_mlp, Xtr))
+        sel.kneighbors(SearchContext(digits_mlp, Xtr[:4]))
         assert digits_mlp.module_.training and digits_mlp.module_.hidden.training
         assert not digits_mlp.module_.output._forward_hooks
     finally:
@@ -124,8 +130,8 @@ def test_embedding_leaves_the_net_unchanged(digits, digits_mlp):
 # ---------------------------------------------------------------------------------- exact search
 def test_exact_candidates_equal_brute_force(digits, digits_mlp):
     Xtr, _, Xte, _ = digits
-    sel = ExactCandidates(n_neighbors=25).fit(digits_mlp, Xtr)
-    idx, dist = sel.kneighbors(digits_mlp, Xte)
+    sel = ExactCandidates(n_neighbors=25).fit(SearchContext(digits_mlp, Xtr))
+    idx, dist = sel.kneighbors(SearchContext(digits_mlp, Xte))
     ref_idx, ref_dist = brute_force_neighbors(hidden_activations(digits_mlp, Xtr),
                                               hidden_activations(digits_mlp, Xte), 25)
     assert idx.shape == (len(Xte), 25) and idx.dtype == np.int64
@@ -133,14 +139,14 @@ def test_exact_candidates_equal_brute_force(digits, digits_mlp):
     # the same sets (ties could swap order)
     assert mean_recall(idx, ref_idx) == 1.0
     # a different number of neighbours at query time, from the same index
-    idx5, _ = sel.kneighbors(digits_mlp, Xte, n_neighbors=5)
+    idx5, _ = sel.kneighbors(SearchContext(digits_mlp, Xte), n_neighbors=5)
     assert mean_recall(idx5, ref_idx[:, :5]) == 1.0
 
 
 def test_mean_query_searches_from_the_mean_embedding(digits, digits_mlp):
     Xtr, _, Xte, _ = digits
-    sel = ExactCandidates(n_neighbors=30).fit(digits_mlp, Xtr)
-    idx, _ = sel.kneighbors(digits_mlp, Xte[:10], query="mean")
+    sel = ExactCandidates(n_neighbors=30).fit(SearchContext(digits_mlp, Xtr))
+    idx, _ = sel.kneighbors(SearchContext(digits_mlp, Xte[:10]), query="mean")
     centre = hidden_activations(digits_mlp, Xte[:10]).mean(axis=0, keepdims=True)
     ref, _ = brute_force_neighbors(hidden_activations(digits_mlp, Xtr), centre, 30)
     assert idx.shape == (1, 30)
@@ -150,16 +156,17 @@ def test_mean_query_searches_from_the_mean_embedding(digits, digits_mlp):
 # -------------------------------------------------------------------------------- pynndescent
 def test_nndescent_recall_against_exact_search(digits, digits_mlp, nnd_digits, blobs):
     Xtr, _, Xte, _ = digits
-    exact = ExactCandidates(n_neighbors=40).fit(digits_mlp, Xtr)
-    approx, _ = nnd_digits.kneighbors(digits_mlp, Xte)
-    truth, _ = exact.kneighbors(digits_mlp, Xte)
+    exact = ExactCandidates(n_neighbors=40).fit(SearchContext(digits_mlp, Xtr))
+    approx, _ = nnd_digits.kneighbors(SearchContext(digits_mlp, Xte))
+    truth, _ = exact.kneighbors(SearchContext(digits_mlp, Xte))
     assert mean_recall(approx, truth) >= 0.95
 
     net, X, Q = blobs
     for k in (10, 100):
-        nnd = NNDescentCandidates(n_neighbors=k, embedding="input", random_state=0).fit(net, X)
+        nnd = NNDescentCandidates(n_neighbors=k, embedding="input", random_state=0)
+        nnd = nnd.fit(SearchContext(net, X))
         truth, _ = brute_force_neighbors(X, Q, k)
-        approx, dist = nnd.kneighbors(net, Q)
+        approx, dist = nnd.kneighbors(SearchContext(net, Q))
         assert approx.shape == (len(Q), k)
         assert mean_recall(approx, truth) >= 0.95
         # distances are true euclidean distances of the returned points
@@ -169,20 +176,20 @@ def test_nndescent_recall_against_exact_search(digits, digits_mlp, nnd_digits, b
 
 def test_nndescent_is_deterministic_under_a_fixed_random_state(digits, digits_mlp, nnd_digits):
     Xtr, _, Xte, _ = digits
-    again = NNDescentCandidates(n_neighbors=40, random_state=0).fit(digits_mlp, Xtr)
-    i1, d1 = nnd_digits.kneighbors(digits_mlp, Xte)
-    i2, d2 = again.kneighbors(digits_mlp, Xte)
+    again = NNDescentCandidates(n_neighbors=40, random_state=0).fit(SearchContext(digits_mlp, Xtr))
+    i1, d1 = nnd_digits.kneighbors(SearchContext(digits_mlp, Xte))
+    i2, d2 = again.kneighbors(SearchContext(digits_mlp, Xte))
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
     # queries do not advance any hidden state
-    np.testing.assert_array_equal(nnd_digits.kneighbors(digits_mlp, Xte)[0], i1)
+    np.testing.assert_array_equal(nnd_digits.kneighbors(SearchContext(digits_mlp, Xte))[0], i1)
 
 
 def test_fitted_nndescent_pickles(digits, digits_mlp, nnd_digits):
     Xte = digits[2]
     restored = pickle.loads(pickle.dumps(nnd_digits))
-    i1, d1 = nnd_digits.kneighbors(digits_mlp, Xte)
-    i2, d2 = restored.kneighbors(digits_mlp, Xte)
+    i1, d1 = nnd_digits.kneighbors(SearchContext(digits_mlp, Xte))
+    i2, d2 = restored.kneighbors(SearchContext(digits_mlp, Xte))
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
     assert restored.get_params() == nnd_digits.get_params()
@@ -199,7 +206,7 @@ def test_nndescent_refuses_shortlists_with_repeats(digits, digits_mlp, nnd_digit
 
     monkeypatch.setattr(sel.index_, "query", query_with_repeats)
     with pytest.raises(RuntimeError, match="ExactCandidates"):
-        sel.kneighbors(digits_mlp, Xte[:3])
+        sel.kneighbors(SearchContext(digits_mlp, Xte[:3]))
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -208,31 +215,33 @@ def test_bad_parameters_give_clear_errors(digits, digits_mlp, cls):
     Xtr, _, Xte, _ = digits
     with pytest.raises(ValueError, match=r"n_neighbors=401 exceeds the number of training "
                                          r"samples 400"):
-        cls(n_neighbors=401).fit(digits_mlp, Xtr)
+        cls(n_neighbors=401).fit(SearchContext(digits_mlp, Xtr))
     with pytest.raises(ValueError, match=r"embedding='hiden'.*Submodule names: \['hidden', "
                                          r"'output'\]"):
-        cls(n_neighbors=5, embedding="hiden").fit(digits_mlp, Xtr)
+        cls(n_neighbors=5, embedding="hiden").fit(SearchContext(digits_mlp, Xtr))
     with pytest.raises(InvalidParameterError, match="n_neighbors"):
-        cls(n_neighbors=0).fit(digits_mlp, Xtr)
+        cls(n_neighbors=0).fit(SearchContext(digits_mlp, Xtr))
     with pytest.raises(InvalidParameterError, match="embedding"):
-        cls(n_neighbors=5, embedding=3).fit(digits_mlp, Xtr)
+        cls(n_neighbors=5, embedding=3).fit(SearchContext(digits_mlp, Xtr))
     with pytest.raises(NotFittedError):
-        cls(n_neighbors=5).kneighbors(digits_mlp, Xte)
+        cls(n_neighbors=5).kneighbors(SearchContext(digits_mlp, Xte))
 
 
 def test_query_errors(digits, digits_mlp):
     Xtr, _, Xte, _ = digits
-    sel = ExactCandidates(n_neighbors=5).fit(digits_mlp, Xtr)
+    sel = ExactCandidates(n_neighbors=5).fit(SearchContext(digits_mlp, Xtr))
     with pytest.raises(ValueError, match=r"n_neighbors must be an integer in \[1, 400\]"):
-        sel.kneighbors(digits_mlp, Xte, n_neighbors=401)
+        sel.kneighbors(SearchContext(digits_mlp, Xte), n_neighbors=401)
     with pytest.raises(ValueError, match="query must be 'each' or 'mean'"):
-        sel.kneighbors(digits_mlp, Xte, query="median")
-    other = ExactCandidates(n_neighbors=5, embedding=lambda net, X: X[:, :3]).fit(digits_mlp, Xtr)
+        sel.kneighbors(SearchContext(digits_mlp, Xte), query="median")
+    other = ExactCandidates(n_neighbors=5, embedding=lambda net, X: X[:, :3])
+    other = other.fit(SearchContext(digits_mlp, Xtr))
     other.embedding = lambda net, X: X[:, :4]
     with pytest.raises(ValueError, match="4 dimensions but the training embedding had 3"):
-        other.kneighbors(digits_mlp, Xte)
+        other.kneighbors(SearchContext(digits_mlp, Xte))
     with pytest.raises(ValueError, match="expected"):
-        ExactCandidates(n_neighbors=5, embedding=lambda net, X: X[:2]).fit(digits_mlp, Xtr)
+        ExactCandidates(n_neighbors=5, embedding=lambda net, X: X[:2]).fit(
+            SearchContext(digits_mlp, Xtr))
 
 
 def test_penultimate_needs_a_linear_layer():
@@ -249,14 +258,15 @@ def test_penultimate_needs_a_linear_layer():
                               train_split=None, verbose=0)
     net.initialize()
     with pytest.raises(ValueError, match=r"needs a torch.nn.Linear layer.*embedding='input'"):
-        ExactCandidates(n_neighbors=3).fit(net, X)
-    assert ExactCandidates(n_neighbors=3, embedding="input").fit(net, X).embedding_dim_ == 4
+        ExactCandidates(n_neighbors=3).fit(SearchContext(net, X))
+    sel = ExactCandidates(n_neighbors=3, embedding="input").fit(SearchContext(net, X))
+    assert sel.embedding_dim_ == 4
 
 
 def test_nndescent_index_params_may_not_override_the_selector(digits, digits_mlp, nnd_digits):
     with pytest.raises(ValueError, match=r"index_params may not set \['random_state'\]"):
         NNDescentCandidates(n_neighbors=5, index_params={"random_state": 1}).fit(
-            digits_mlp, digits[0])
+            SearchContext(digits_mlp, digits[0]))
 
 
 def test_selectors_share_the_base_class():
@@ -285,10 +295,24 @@ def test_index_build_and_queries_keep_torchs_thread_count(blobs, nnd_digits, mon
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sel = NNDescentCandidates(n_neighbors=5, embedding="input", random_state=0).fit(net, X)
+        sel = NNDescentCandidates(n_neighbors=5, embedding="input", random_state=0)
+        sel = sel.fit(SearchContext(net, X))
         assert isinstance(sel.index_, ResettingNNDescent)
         assert torch.get_num_threads() == 1
-        sel.kneighbors(net, Q)
+        sel.kneighbors(SearchContext(net, Q))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_old_call_form_still_works_with_a_future_warning(digits, digits_mlp):
+    Xtr, _, Xte, _ = digits
+    new = ExactCandidates(n_neighbors=5).fit(SearchContext(digits_mlp, Xtr))
+    with pytest.warns(FutureWarning, match="deprecated"):
+        old = ExactCandidates(n_neighbors=5).fit(digits_mlp, Xtr)
+    with pytest.warns(FutureWarning, match="deprecated"):
+        got = old.kneighbors(digits_mlp, Xte, 3)
+    np.testing.assert_array_equal(got[0], new.kneighbors(SearchContext(digits_mlp, Xte),
+                                                         n_neighbors=3)[0])
+    with pytest.raises(TypeError, match="SearchContext alone"):
+        new.kneighbors(SearchContext(digits_mlp, Xte), Xte)

@@ -10,7 +10,7 @@ from sk_fastif import InfluenceExplainer
 from sk_fastif.metrics import leave_one_out_correlation, linear_datamodeling_score
 from sk_fastif.solvers import Exact
 
-from .conftest import fit_full_batch
+from ..conftest import fit_full_batch
 
 
 @pytest.fixture(scope="module")

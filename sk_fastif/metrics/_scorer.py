@@ -1,5 +1,11 @@
-"""Metrics on influence scores: agreement between solvers and with retraining, top-k overlap,
-solver residuals."""
+"""Scorers for a search over explainers: the relative residual, and agreement with a reference.
+
+:func:`relative_residual_score` needs no reference (it is ``InfluenceExplainer.score``);
+:func:`make_influence_scorer` rates an explainer's influences against those of a reference
+solver, computed once through the explainer's scoring pipeline and cached, so that
+``GridSearchCV(explainer, grid, scoring=make_influence_scorer(...))`` tunes a solver (or a
+selector's ``n_neighbors``) against an accurate one.
+"""
 
 from __future__ import annotations
 
@@ -8,114 +14,15 @@ from numbers import Integral
 
 import joblib
 import numpy as np
-import torch
 from scipy import sparse
-from scipy.stats import kendalltau, pearsonr, spearmanr
 from sklearn.base import clone
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import _batch as rows_of
-from . import _validation as val
-from ._app_metrics import mislabel_detection_curve, step_test
-from ._ranking import csr_to_candidates, top_k
-from ._retraining import leave_one_out_correlation, linear_datamodeling_score
-from .solvers import BaseSolver, Exact
+from .._ranking import csr_to_candidates, top_k
+from ..solvers import BaseSolver, Exact
+from ._agreement import influence_agreement, mean_overlap, top_k_overlap
 
-__all__ = [
-    "candidate_recall",
-    "influence_agreement",
-    "leave_one_out_correlation",
-    "linear_datamodeling_score",
-    "make_influence_scorer",
-    "mislabel_detection_curve",
-    "relative_residual_score",
-    "step_test",
-    "top_k_overlap",
-]
-
-_CORRELATIONS = {"pearson": pearsonr, "spearman": spearmanr, "kendall": kendalltau}
-
-
-def _check_pair(scores, reference) -> tuple[np.ndarray, np.ndarray]:
-    a = np.atleast_2d(np.asarray(scores, dtype=np.float64))
-    b = np.atleast_2d(np.asarray(reference, dtype=np.float64))
-    if a.shape != b.shape:
-        raise ValueError(f"scores {a.shape} and reference {b.shape} must have the same shape.")
-    if a.size == 0:
-        raise ValueError("scores are empty.")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("scores and reference must be finite.")
-    return a, b
-
-
-def influence_agreement(scores, reference, *, method: str = "spearman") -> float:
-    """Mean per-test-point correlation between two influence matrices.
-
-    Parameters
-    ----------
-    scores, reference : array-like of shape (n_test, n_train)
-        Influence matrices for the same test and training points (e.g. LiSSA and Exact).
-    method : {"spearman", "pearson", "kendall"}, default="spearman"
-
-    Returns
-    -------
-    agreement : float
-        The correlation of each row with the matching reference row, averaged over rows
-        (a constant row counts as 0).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sk_fastif.metrics import influence_agreement
-    >>> a = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
-    >>> float(influence_agreement(a, 2 * a + 1))
-    1.0
-    """
-    if method not in _CORRELATIONS:
-        raise ValueError(f"method must be one of {sorted(_CORRELATIONS)}; got {method!r}.")
-    a, b = _check_pair(scores, reference)
-    values = []
-    for x, z in zip(a, b):
-        if np.ptp(x) == 0 or np.ptp(z) == 0:
-            values.append(0.0)
-        else:
-            values.append(float(_CORRELATIONS[method](x, z)[0]))
-    return float(np.mean(values))
-
-
-def top_k_overlap(scores, reference, *, k: int = 10, kind: str = "helpful") -> float:
-    """Mean fraction of the reference's top-``k`` training points also top-``k`` in ``scores``.
-
-    Parameters
-    ----------
-    scores, reference : array-like of shape (n_test, n_train)
-    k : int, default=10
-    kind : {"helpful", "harmful", "abs"}, default="helpful"
-        Rank by the highest scores, the lowest scores, or the largest magnitudes.
-
-    Returns
-    -------
-    overlap : float in [0, 1]
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sk_fastif.metrics import top_k_overlap
-    >>> top_k_overlap(np.array([[3.0, 2.0, 1.0]]), np.array([[3.0, 1.0, 2.0]]), k=2)
-    0.5
-    """
-    a, b = _check_pair(scores, reference)
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= a.shape[1]:
-        raise ValueError(f"k must be an integer in [1, {a.shape[1]}]; got {k!r}.")
-    val.check_kind(kind)
-    return _overlap(top_k(a, k, kind)[0], top_k(b, k, kind)[0])
-
-
-def _overlap(top_a: np.ndarray, top_b: np.ndarray) -> float:
-    """Mean fraction of each row of ``top_b`` found in the same row of ``top_a``."""
-    k = top_b.shape[1]
-    return float(np.mean([len(np.intersect1d(x, z)) / k for x, z in zip(top_a, top_b)]))
+__all__ = ["make_influence_scorer", "relative_residual_score"]
 
 
 def relative_residual_score(explainer, X, y=None) -> float:
@@ -199,8 +106,8 @@ def _reference_influences(explainer, reference, X, y) -> np.ndarray:
     """Exhaustive influences of the explainer's fitted net and data with the reference solver."""
     engine = explainer.parallel_engine().with_solver(clone(reference))
     Xt, yt = explainer.as_engine_input(X, y)
-    # every training point: the truth a shortlist is judged against
-    return engine.score_rows(engine.factors(engine.gradients(Xt, yt)).solution)
+    # every training point (no selector): the truth a shortlist is judged against
+    return engine.scores(Xt, yt).values
 
 
 def _score_candidates(scores, reference, metric: str, k: int) -> float:
@@ -213,7 +120,7 @@ def _score_candidates(scores, reference, metric: str, k: int) -> float:
     values, cols = csr_to_candidates(scores)
     if metric == "top_k_overlap":
         kk = min(k, cols.shape[1])
-        return _overlap(top_k(values, kk, pool=cols)[0], top_k(reference, kk)[0])
+        return mean_overlap(top_k(values, kk, pool=cols)[0], top_k(reference, kk)[0])
     return influence_agreement(values, np.take_along_axis(reference, cols, axis=1),
                                method=metric)
 
@@ -378,99 +285,3 @@ def make_influence_scorer(
     if not isinstance(cache_size, Integral) or isinstance(cache_size, bool) or cache_size < 1:
         raise ValueError(f"cache_size must be a positive integer; got {cache_size!r}.")
     return _InfluenceScorer(metric, clone(reference), int(k), memory, int(cache_size))
-
-
-def candidate_recall(explainer, X, y=None, *, top=(10, 100), kind: str = "helpful",
-                     max_samples: int | None = None, random_state=None):
-    """Recall of an explainer's candidate shortlists against exhaustive scoring.
-
-    For each query ``z`` of ``X``, scores every training point (the same iHVPs as the pruned
-    path, so only the pruning is measured) and computes FastIF's
-    ``R@m = |shortlist(z) ∩ top_m(z)| / m``, where ``shortlist(z)`` holds the selector's
-    ``n_neighbors = k`` candidates and ``top_m(z)`` the ``m`` truly most influential training
-    points of the chosen ``kind``. A random shortlist scores ``k / n`` on average; ``R@m`` cannot
-    exceed ``min(1, k / m)``.
-
-    Parameters
-    ----------
-    explainer : InfluenceExplainer
-        Fitted, with ``candidates`` set.
-    X : array-like of shape (n_test, n_features)
-        The queries.
-    y : array-like of shape (n_test,) or None, default=None
-        Their targets; ``None`` uses the predicted labels.
-    top : int or sequence of int, default=(10, 100)
-        The values of ``m``, each in ``[1, n_train]``.
-    kind : {"helpful", "harmful", "abs"}, default="helpful"
-        Rank by the highest scores, the lowest scores or the largest magnitudes.
-    max_samples : int or None, default=None
-        Measure on at most this many queries, drawn at random without replacement; None uses
-        all of ``X``.
-    random_state : int, RandomState instance or None, default=None
-        Seeds that draw.
-
-    Returns
-    -------
-    result : sklearn.utils.Bunch
-        ``recall``: dict ``m -> mean R@m`` over the queries (float);
-        ``recall_per_query``: dict ``m -> ndarray of shape (n_queries,)``;
-        ``n_neighbors``: the shortlist size ``k``;
-        ``random_baseline``: ``k / n_train``, the expected ``R@m`` of a random shortlist;
-        ``sample_indices``: the rows of ``X`` measured (sorted).
-
-    Examples
-    --------
-    >>> import numpy as np, torch
-    >>> from skorch import NeuralNetClassifier
-    >>> from sk_fastif import InfluenceExplainer
-    >>> from sk_fastif.metrics import candidate_recall
-    >>> from sk_fastif.neighbors import ExactCandidates
-    >>> from sk_fastif.solvers import Exact
-    >>> rng = np.random.RandomState(0)
-    >>> X = rng.randn(80, 4).astype("float32"); y = (X[:, 0] > 0).astype("int64")
-    >>> net = NeuralNetClassifier(torch.nn.Linear(4, 2), criterion=torch.nn.CrossEntropyLoss,
-    ...                           max_epochs=5, lr=0.5, train_split=None, verbose=0).fit(X, y)
-    >>> expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
-    ...                           candidates=ExactCandidates(80, embedding="input")).fit(X, y)
-    >>> candidate_recall(expl, X[:5], top=(1, 10)).recall  # a shortlist of all 80 points
-    {1: 1.0, 10: 1.0}
-    """
-    from sklearn.utils import Bunch
-
-    val.check_kind(kind)
-    tops = [top] if isinstance(top, (int, np.integer)) else list(top)
-    n_train = getattr(explainer, "n_train_", None)
-    for m in tops:
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or (
-            n_train is not None and not 1 <= m <= n_train
-        ):
-            raise ValueError(f"top must hold integers in [1, n_train={n_train}]; got {top!r}.")
-    if getattr(explainer, "candidates_", None) is None:
-        raise ValueError(
-            "the explainer has no candidates: there is no shortlist to audit. Set "
-            "candidates=NNDescentCandidates(...) and fit again."
-        )
-    Xt, yt = explainer.as_engine_input(X, y)
-    sample = np.arange(len(yt))
-    if max_samples is not None and len(yt) > max_samples:
-        rng = check_random_state(random_state)
-        sample = np.sort(rng.choice(len(yt), size=max_samples, replace=False))
-        Xt, yt = rows_of.take(Xt, sample), yt[torch.as_tensor(sample, device=yt.device)]
-    engine = explainer.parallel_engine()
-    # the same iHVPs for the exhaustive scores and the shortlists: only the pruning is measured
-    S = engine.factors(engine.gradients(Xt, yt)).solution
-    scores = engine.score_rows(S)
-    shortlist, _ = explainer.candidates_.kneighbors(explainer.net_, Xt, factors=S)
-    order, _ = top_k(scores, max(tops), kind)
-    per_query = {}
-    for m in tops:
-        hits = [len(np.intersect1d(o[:m], c, assume_unique=True)) for o, c in zip(order, shortlist)]
-        per_query[int(m)] = np.asarray(hits, dtype=np.float64) / m
-    k = shortlist.shape[1]
-    return Bunch(
-        recall={m: float(v.mean()) for m, v in per_query.items()},
-        recall_per_query=per_query,
-        n_neighbors=int(k),
-        random_baseline=k / scores.shape[1],
-        sample_indices=sample,
-    )

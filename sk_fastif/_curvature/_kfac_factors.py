@@ -12,23 +12,28 @@ eigenbasis ``Q_S ⊗ Q_A`` of that product and replaces its eigenvalues by the e
 moments of the (probe) gradients in that basis, ``mean_i sum_k ((Q_Sᵀ g_ik)(Q_Aᵀ ã_i)ᵀ)²``,
 which is the diagonal of the layer's Gauss-Newton block in the basis.
 
-The module reads the net only through the :class:`~sk_fastif._curvature.TrainingData` of an
-operator: its bridge's parameter snapshot ``theta`` and selection, ``loss_of_output`` (the
-net's own loss of one output), ``modes()`` (eval mode), and ``batches()``.
+The factors are computed here, in the curvature layer, from the net and the training data:
+:class:`FactoredCurvature` holds both and is what a :class:`~sk_fastif.solvers.CurvatureOperator`
+built from a net carries as ``op.factored``. A solver asks it for the factors
+(:meth:`FactoredCurvature.factors`) and applies them (:func:`apply_inverse`); it never sees the
+net. The net is read only through its :class:`~sk_fastif._net.NetBridge`: the parameter snapshot
+``theta`` and selection, ``batch_output`` (the net's ``infer`` at ``theta``),
+``loss_of_output`` (the net's own loss of one output) and ``modes()`` (eval mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import functional_call, hessian, vmap
+from torch.func import hessian, vmap
 
-from .._gradients import VMAP_ERRORS
+from .._net import VMAP_ERRORS
 
-__all__ = ["KroneckerFactors", "LinearBlock", "compute_factors", "linear_blocks"]
+__all__ = ["FactoredCurvature", "KroneckerFactors", "LinearBlock", "apply_inverse",
+           "compute_factors", "linear_blocks"]
 
 # Squared-gradient products of layers whose inputs have positions are formed by at most this
 # many entries at a time (samples x outputs x inputs).
@@ -134,18 +139,6 @@ def linear_blocks(bridge) -> list[LinearBlock]:
     return blocks
 
 
-class _Infer(torch.nn.Module):
-    """The net's ``infer`` as a module over its module, so parameters can be substituted."""
-
-    def __init__(self, net) -> None:
-        super().__init__()
-        self.inner = net.module_
-        object.__setattr__(self, "_net", net)
-
-    def forward(self, x):
-        return self._net.infer(x)
-
-
 class _Recorder:
     """Forward hooks that keep each layer's input and output for one forward pass."""
 
@@ -179,13 +172,6 @@ class _Recorder:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def _theta_dict(bridge, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-    pieces = torch.split(theta, [int(n) for n in bridge.numels])
-    out = {"inner." + n: p.view(s) for n, p, s in zip(bridge.selected, pieces, bridge.shapes)}
-    out.update(bridge.fixed)
-    return out
 
 
 def _output_hessians(bridge, F: torch.Tensor, X, y, oshape) -> torch.Tensor:
@@ -244,25 +230,23 @@ def _layer_inputs(block: LinearBlock, a: torch.Tensor, B: int) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def _passes(data, blocks: list[LinearBlock], mc_samples: int | None,
+def _passes(bridge, batches: Callable[[], Iterator], blocks: list[LinearBlock],
+            mc_samples: int | None,
             seed: int | None) -> Iterator[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]]:
     """One pass over the training data: per batch, ``(B, [(ã, g) per layer])``.
 
     ``ã`` is (B, positions, n_cols) and ``g`` (K, B, positions, n_out), both float64. The same
     ``seed`` gives the same probes in every pass.
     """
-    bridge = data.bridge
-    net = bridge.net
     gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-    wrapper = _Infer(net)
-    recorder = _Recorder(net.module_, blocks)
+    recorder = _Recorder(bridge.net.module_, blocks)
     try:
-        for X, y in data.batches():
+        for X, y in batches():
             B = len(X)
             with bridge.modes(), torch.enable_grad():
                 theta = bridge.theta.detach().requires_grad_(True)
                 recorder.clear()
-                F = functional_call(wrapper, _theta_dict(bridge, theta), (X,))
+                F = bridge.batch_output(theta, X)
                 if not isinstance(F, torch.Tensor):
                     raise TypeError("EKFAC needs a module returning one tensor; got "
                                     f"{type(F).__name__}.")
@@ -288,17 +272,20 @@ def _passes(data, blocks: list[LinearBlock], mc_samples: int | None,
         recorder.remove()
 
 
-def compute_factors(data, mc_samples: int | None = None,
+def compute_factors(bridge, batches: Callable[[], Iterator], mc_samples: int | None = None,
                     seed: int | None = None) -> list[KroneckerFactors]:
-    """EK-FAC factors of the selected Linear layers of ``data.bridge`` over ``data.batches()``.
+    """EK-FAC factors of the selected Linear layers of ``bridge`` over ``batches()``.
 
     Two passes over the training data: the covariances ``A`` and ``S`` and their
     eigendecompositions, then the corrected eigenvalues.
 
     Parameters
     ----------
-    data : TrainingData
-        The net and training data of a curvature operator.
+    bridge : NetBridge
+        The net's loss as a function of the selected parameters.
+    batches : callable
+        ``batches()`` iterates over the training data in chunks ``(X, y)`` on the net's
+        device (called once per pass).
     mc_samples : int or None, default=None
         None: the output-space Hessian of each point is factored exactly (one backward pass
         per output). An int: that many random probes per point (seeded by ``seed``).
@@ -310,11 +297,11 @@ def compute_factors(data, mc_samples: int | None = None,
     list of KroneckerFactors
         One per layer, in the order of the parameters in ``theta``.
     """
-    blocks = linear_blocks(data.bridge)
+    blocks = linear_blocks(bridge)
     n = 0
     A_sum = [torch.zeros(b.n_cols, b.n_cols, dtype=torch.float64) for b in blocks]
     S_sum = [torch.zeros(b.n_out, b.n_out, dtype=torch.float64) for b in blocks]
-    for B, rows in _passes(data, blocks, mc_samples, seed):
+    for B, rows in _passes(bridge, batches, blocks, mc_samples, seed):
         n += B
         for i, (A, g) in enumerate(rows):
             A_sum[i] += torch.einsum("bpi,bpj->ij", A, A).cpu()
@@ -325,7 +312,7 @@ def compute_factors(data, mc_samples: int | None = None,
     eig_S = [torch.linalg.eigh(0.5 * (M + M.T) / n) for M in S_sum]
 
     corrected = [torch.zeros(b.shape, dtype=torch.float64) for b in blocks]
-    for _, rows in _passes(data, blocks, mc_samples, seed):
+    for _, rows in _passes(bridge, batches, blocks, mc_samples, seed):
         for i, (A, g) in enumerate(rows):
             QA = eig_A[i][1].to(A.device)
             QS = eig_S[i][1].to(A.device)
@@ -385,3 +372,93 @@ def apply_inverse(factors: list[KroneckerFactors], G: torch.Tensor, damping: flo
         if b.bias is not None:
             out[:, b.bias[0]:b.bias[1]] = V[:, :, col]
     return out
+
+
+class FactoredCurvature:
+    """The Kronecker-factored view of a net's curvature, as a solver receives it.
+
+    Built by the curvature layer (:meth:`~sk_fastif._curvature.CurvatureProducts.operator`)
+    from the net and the training data, and carried by the operator as
+    ``CurvatureOperator.factored``. A solver that needs factors rather than products
+    (:class:`~sk_fastif.solvers.EKFAC`, ``CG(preconditioner="ekfac")``) asks for them with
+    :meth:`factors` and gets per-layer Kronecker factors and their eigendecompositions
+    (:class:`KroneckerFactors`, applied with :func:`apply_inverse`); the net and the data stay
+    in here.
+
+    Parameters
+    ----------
+    bridge : NetBridge
+        The net's loss as a function of the selected parameters.
+    X : torch.Tensor, dict of torch.Tensor or DatasetRows
+        The training inputs as the net takes them (read by rows, see :mod:`sk_fastif._inputs`).
+    y : torch.Tensor
+        The encoded training targets.
+
+    Attributes
+    ----------
+    n_params : int
+        Number of selected parameters (the length of the vectors the factors act on).
+    n_samples : int
+        Number of training points the factors average over.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skorch import NeuralNetRegressor
+    >>> from sk_fastif._curvature import CurvatureProducts
+    >>> from sk_fastif._net import NetBridge
+    >>> X = torch.randn(20, 3); y = X.sum(1, keepdim=True)
+    >>> net = NeuralNetRegressor(torch.nn.Linear, module__in_features=3,
+    ...                          module__out_features=1).initialize()
+    >>> op = CurvatureProducts(NetBridge(net), "gauss_newton").operator(X, y)
+    >>> op.factored
+    FactoredCurvature(n_params=4, n_samples=20)
+    >>> [(f.block.layer, f.block.shape) for f in op.factored.factors()]
+    [('', (1, 4))]
+    """
+
+    def __init__(self, bridge, X, y: torch.Tensor) -> None:
+        self._bridge = bridge
+        self._X = X
+        self._y = y
+
+    def __repr__(self) -> str:
+        return f"FactoredCurvature(n_params={self.n_params}, n_samples={self.n_samples})"
+
+    @property
+    def n_params(self) -> int:
+        return int(self._bridge.n_params)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self._y)
+
+    def _batches(self) -> Iterator[tuple[object, torch.Tensor]]:
+        """The training data in chunks of ``bridge.batch_size`` rows, on the net's device."""
+        for sl in self._bridge.chunks(len(self._y)):
+            yield self._bridge.on_device(self._X, self._y, sl)
+
+    def factors(self, mc_samples: int | None = None,
+                seed: int | None = None) -> list[KroneckerFactors]:
+        """The EK-FAC factors of the selected Linear layers (two passes over the data).
+
+        Parameters
+        ----------
+        mc_samples : int or None, default=None
+            None: the output-space Hessian of each point is factored exactly. An int: that
+            many random probes per point (seeded by ``seed``).
+        seed : int or None
+            Seed of the probes (used only with an integer ``mc_samples``).
+
+        Returns
+        -------
+        list of KroneckerFactors
+            One per layer, in the order of the parameters in ``theta`` (float64, on the CPU).
+
+        Raises
+        ------
+        ValueError
+            When a selected parameter is not the weight or bias of a ``torch.nn.Linear``
+            layer, or a layer is applied more than once per forward pass.
+        """
+        return compute_factors(self._bridge, self._batches, mc_samples, seed)

@@ -1,12 +1,14 @@
 """Curvature of the mean training loss: the operator contract and its products.
 
 :class:`CurvatureOperator` is all an iHVP solver sees of the model: products of the curvature
-(Hessian or Gauss-Newton) of the mean training loss with blocks of vectors.
+(Hessian or Gauss-Newton) of the mean training loss with blocks of vectors, and, for an operator
+built from a net, its Kronecker-factored view (:class:`~sk_fastif._curvature.FactoredCurvature`).
+:class:`CurvatureProducts` computes the products of a net's curvature and builds the operator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -14,38 +16,12 @@ import numpy as np
 import torch
 from torch.func import grad, jvp, vjp, vmap
 
-from ._gradients import FORWARD_AD_LOCK, VMAP_ERRORS, samples
+from .._gradients import FORWARD_AD_LOCK
+from .._inputs import samples
+from .._net import VMAP_ERRORS
+from ._kfac_factors import FactoredCurvature
 
-__all__ = ["CurvatureOperator", "CurvatureProducts", "TrainingData"]
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """The net and training data behind an operator, for solvers that factor the curvature
-    layer by layer (they need activations, not only products).
-
-    Parameters
-    ----------
-    bridge : NetBridge
-        The net's loss as a function of the selected parameters (``bridge.net``,
-        ``bridge.selected``, ``bridge.theta``, ``bridge.modes()``).
-    X : torch.Tensor, dict of torch.Tensor or DatasetRows
-        The training inputs as the net takes them (read by rows, see :mod:`sk_fastif._batch`).
-    y : torch.Tensor
-        The encoded training targets.
-    """
-
-    bridge: object
-    X: object
-    y: torch.Tensor
-
-    def batches(self) -> Iterator[tuple[object, torch.Tensor]]:
-        """The training data in chunks of ``bridge.batch_size`` rows, on the net's device.
-
-        Inputs are a tensor or a dict of tensors (the net's input kind).
-        """
-        for sl in self.bridge.chunks(len(self.y)):
-            yield self.bridge.on_device(self.X, self.y, sl)
+__all__ = ["CurvatureOperator", "CurvatureProducts"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +52,12 @@ class CurvatureOperator:
         so that a copy of an operator (unpickled in another process, or moved to another
         device) reuses the work of :meth:`~sk_fastif.solvers.BaseSolver.prepare`. ``None``:
         the operator object's identity is used instead.
-    data : TrainingData or None
-        The net and training data the products come from (None for an operator built from a
-        matrix): what a solver that needs more than products reads.
+    factored : FactoredCurvature or None
+        The Kronecker-factored view of the same curvature, computed from the net and the
+        training data behind the products (None for an operator built from products only,
+        e.g. from a matrix): what a solver that needs factors rather than products asks
+        (``factored.factors(...)``, see :class:`~sk_fastif.solvers.EKFAC`). It gives
+        factors, never the net.
 
     Examples
     --------
@@ -98,7 +77,7 @@ class CurvatureOperator:
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fingerprint: str | None = None
-    data: TrainingData | None = field(default=None, repr=False, compare=False)
+    factored: FactoredCurvature | None = field(default=None, repr=False, compare=False)
 
 
 class CurvatureProducts:
@@ -107,7 +86,7 @@ class CurvatureProducts:
     Parameters
     ----------
     bridge : NetBridge
-        The net's loss as a function of the flat parameters (:mod:`sk_fastif._gradients`).
+        The net's loss as a function of the flat parameters (:class:`sk_fastif._net.NetBridge`).
     kind : {"hessian", "gauss_newton"}
         ``"hessian"``: the exact Hessian (reverse-over-reverse). ``"gauss_newton"``: the
         generalised Gauss-Newton matrix ``Jᵀ (∂²loss/∂out²) J``, positive semi-definite for
@@ -219,5 +198,5 @@ class CurvatureProducts:
             dtype=b.dtype,
             device=b.device,
             fingerprint=fingerprint,
-            data=TrainingData(b, X, y),
+            factored=FactoredCurvature(b, X, y),
         )

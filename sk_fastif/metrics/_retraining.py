@@ -15,9 +15,9 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import _net
-from ._gradients import NetBridge
-from ._validation import n_samples
+from .. import _net
+from .._inputs import n_samples
+from .._net import NetBridge
 
 
 def _dense_scores(explainer, X_test, y_test, scores=None) -> np.ndarray:

@@ -1,0 +1,77 @@
+"""The step test against one hand-made SGD step (moved from tests/test_applications.py)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier
+
+from sk_fastif import InfluenceExplainer
+from sk_fastif.metrics import step_test
+from sk_fastif.solvers import Exact
+
+
+def _linear_problem(seed=0, n=60, d=4, classes=3):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, d)
+    W = rng.randn(d, classes)
+    y = np.argmax(X @ W + 0.5 * rng.randn(n, classes), axis=1).astype(np.int64)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """A float64 softmax regression trained by plain SGD (so the step is SGD too)."""
+    X, y = _linear_problem()
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        torch.nn.Linear, module__in_features=4, module__out_features=3,
+        criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD, lr=0.5, max_epochs=30,
+        batch_size=60, train_split=None, verbose=0)
+    net.initialize()
+    net.module_.double()
+    net.partial_fit(X, y)
+    return net, X, y
+
+
+def test_step_test_matches_a_hand_made_step(linear):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    res = step_test(expl, X[:6], y[:6], k=5, lr=0.05, random_state=0)
+    ex = expl.explain(X[:6], y[:6], k=5)
+    for i in range(6):
+        manual = copy.deepcopy(net.module_)
+        rows = ex.helpful_indices[i]
+        ce = torch.nn.functional.cross_entropy
+        ce(manual(torch.as_tensor(X[rows])), torch.as_tensor(y[rows])).backward()
+        xi, yi = torch.as_tensor(X[i:i + 1]), torch.as_tensor(y[i:i + 1])
+        with torch.no_grad():
+            before = ce(manual(xi), yi)
+            for p in manual.parameters():
+                p -= 0.05 * p.grad
+            after = ce(manual(xi), yi)
+        assert res.helpful[i] == pytest.approx(float(after - before), rel=1e-8, abs=1e-12)
+    assert res.helpful.mean() < res.random.mean() < res.harmful.mean()
+    assert res.helpful_lowers >= 0.8 and res.harmful_raises >= 0.8
+
+
+def test_step_test_leaves_the_net_as_it_was(linear):
+    net, X, y = linear
+    before = {k: v.clone() for k, v in net.module_.state_dict().items()}
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    res = step_test(expl, X[:3], y[:3], k=4, lr=0.05, random_state=0)
+    for name, value in net.module_.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    again = step_test(expl, X[:3], y[:3], k=4, lr=0.05, random_state=0)
+    for key in ("helpful", "harmful", "random", "loss_before"):
+        np.testing.assert_array_equal(res[key], again[key])
+    assert res.k == 4 and res.lr == 0.05
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"lr": 0.0}, {"lr": -1.0}])
+def test_step_test_refuses_bad_arguments(linear, kwargs):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    with pytest.raises(ValueError, match="k|lr"):
+        step_test(expl, X[:2], y[:2], **kwargs)

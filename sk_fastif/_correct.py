@@ -3,8 +3,8 @@
 :func:`correct_net` is FastIF's error correction over an explainer's public surface and the
 engine's one scoring pipeline (:meth:`InfluenceExplainer.correct
 <sk_fastif.InfluenceExplainer.correct>` is a thin method over it), shaped like scikit-learn's
-``permutation_importance``: the arguments validated first, every seed drawn once before the
-first step, and plain records (one dict per step) in the result.
+``permutation_importance``: the arguments validated first, one seeded stream, and plain records
+(one dict per step) in the result.
 """
 
 from __future__ import annotations
@@ -123,9 +123,8 @@ def correct_net(explainer, X, y, *, n_steps: int = 10, n_anchors: int = 10,
         step (highest accuracy, then lowest loss; lowest loss for a regressor) is kept, so a
         correction never silently degrades the net.
     random_state : int, RandomState instance or None, default=None
-        The seeds of every step (its anchors, its random points, its refreshed explainer) are
-        drawn from it once, before the first step, each from its own stream: two strategies
-        given the same ``random_state`` see the same anchors.
+        Seed of the anchors, of the random strategy and of the refreshed explainers (one
+        stream, drawn in step order).
 
     Returns
     -------
@@ -182,8 +181,8 @@ def correct_net(explainer, X, y, *, n_steps: int = 10, n_anchors: int = 10,
         Xv, yv = explainer.as_engine_input(X_val, y_val) if X_val is not None else (None, None)
     Xp_net = rows_of.as_user_input(Xp)  # what the refreshed explainers take
     yp_raw = np.asarray(y_pool) if in_pool else explainer.y_train_
-    # every seed drawn now: step s uses seeds[s - 1] = (anchors, random points, refresh)
-    seeds = check_random_state(random_state).randint(np.iinfo(np.int32).max, size=(n_steps, 3))
+    rng = check_random_state(random_state)  # one stream for the anchors, the random points
+    # and the refreshed explainers' seeds, drawn in step order
 
     corrected = copy.deepcopy(explainer.fitted_estimator_)
     net = _net.split_estimator(corrected)[1]
@@ -203,15 +202,13 @@ def correct_net(explainer, X, y, *, n_steps: int = 10, n_anchors: int = 10,
     Xe_net, ye_raw = rows_of.as_user_input(Xe), ye.cpu().numpy()
     scorer = None
     for step in range(1, n_steps + 1):
-        anchor_seed, pick_seed, refresh_seed = (int(s) for s in seeds[step - 1])
-        anchors = np.sort(np.random.RandomState(anchor_seed).choice(
-            len(ye), size=min(n_anchors, len(ye)), replace=False))
+        anchors = np.sort(rng.choice(len(ye), size=min(n_anchors, len(ye)), replace=False))
+        refresh_seed = int(rng.randint(np.iinfo(np.int32).max))
         if strategy == "anchors":
             chosen, batch = anchors, (rows_of.take(Xe, anchors), ye[anchors])
         else:
             if strategy == "random":
-                chosen = np.sort(np.random.RandomState(pick_seed).choice(
-                    len(yp), size=n_helpful, replace=False))
+                chosen = np.sort(rng.choice(len(yp), size=n_helpful, replace=False))
             else:
                 if scorer is None or (refresh is not None and (step - 1) % refresh == 0):
                     scorer = _scorer_for(explainer, net, refresh_seed)

@@ -116,3 +116,27 @@ def binary_net():
     net.module_.double()
     fit_full_batch(net, X, yb, 1e-2)
     return net, X, yb
+
+
+def make_linear_problem(seed=0, n=60, d=4, classes=3):
+    """A separable-ish 3-class problem in float64: ``(X, y)``."""
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, d)
+    W = rng.randn(d, classes)
+    y = np.argmax(X @ W + 0.5 * rng.randn(n, classes), axis=1).astype(np.int64)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """A float64 softmax regression trained by plain SGD (so a correction step is SGD too)."""
+    X, y = make_linear_problem()
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        torch.nn.Linear, module__in_features=4, module__out_features=3,
+        criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD, lr=0.5, max_epochs=30,
+        batch_size=60, train_split=None, verbose=0)
+    net.initialize()
+    net.module_.double()
+    net.partial_fit(X, y)
+    return net, X, y

@@ -16,7 +16,6 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
-from skorch import NeuralNetClassifier
 
 from sk_fastif import InfluenceExplainer
 from sk_fastif.datasets import (
@@ -30,31 +29,13 @@ from sk_fastif.neighbors import ExactCandidates
 from sk_fastif.solvers import Exact
 from sk_fastif.toy import train_mlp_classifier
 
+from .conftest import make_linear_problem
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 # ============================================================================== fixtures
-def _linear_problem(seed=0, n=60, d=4, classes=3):
-    rng = np.random.RandomState(seed)
-    X = rng.randn(n, d)
-    W = rng.randn(d, classes)
-    y = np.argmax(X @ W + 0.5 * rng.randn(n, classes), axis=1).astype(np.int64)
-    return X, y
-
-
-@pytest.fixture(scope="module")
-def linear():
-    """A float64 softmax regression trained by plain SGD (so a correction step is SGD too)."""
-    X, y = _linear_problem()
-    torch.manual_seed(0)
-    net = NeuralNetClassifier(
-        torch.nn.Linear, module__in_features=4, module__out_features=3,
-        criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD, lr=0.5, max_epochs=30,
-        batch_size=60, train_split=None, verbose=0)
-    net.initialize()
-    net.module_.double()
-    net.partial_fit(X, y)
-    return net, X, y
+# ``linear`` (an SGD-trained softmax regression) is in conftest.py.
 
 
 def _explicit_scores(net, X_train, y_train, X, y, Xc, yc, damping):
@@ -101,7 +82,7 @@ def shortcut():
 # ============================================================================ pool scores
 def test_pool_influences_match_the_explicit_hessian(linear):
     net, X, y = linear
-    X_pool, y_pool = _linear_problem(seed=1, n=25)
+    X_pool, y_pool = make_linear_problem(seed=1, n=25)
     expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
     got = expl.pool_influences(X[:5], y[:5], X_pool=X_pool, y_pool=y_pool)
     want = _explicit_scores(net, X, y, X[:5], y[:5], X_pool, y_pool, 1e-2)
@@ -124,7 +105,7 @@ def test_pool_of_training_rows_scores_as_the_training_set(linear):
 # ================================================================================ correct
 def test_pool_shortlists_are_the_nearest_pool_points(linear):
     net, X, y = linear  # a linear module: the embedding (the last layer's input) is X itself
-    X_pool, y_pool = _linear_problem(seed=3, n=30)
+    X_pool, y_pool = make_linear_problem(seed=3, n=30)
     expl = InfluenceExplainer(net, solver=Exact(damping=1e-2),
                               candidates=ExactCandidates(n_neighbors=6)).fit(X, y)
     got = expl.pool_influences(X[:4], y[:4], X_pool=X_pool, y_pool=y_pool)
@@ -154,7 +135,7 @@ def test_correct_with_candidates_steps_on_the_anchors_shortlist(linear):
 
 def test_correct_takes_sgd_steps_on_the_pool_points_only(linear):
     net, X, y = linear
-    X_pool, y_pool = _linear_problem(seed=2, n=30)
+    X_pool, y_pool = make_linear_problem(seed=2, n=30)
     before = _params(net)
     expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
     fixed = expl.correct(X[:8], y[:8], n_steps=1, n_anchors=8, n_helpful=5, lr=0.3,

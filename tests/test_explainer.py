@@ -126,7 +126,7 @@ def test_users_net_is_unchanged_by_every_method(digits, digits_mlp, train_mode):
     snap = _snapshot(net)
     expl = InfluenceExplainer(net, solver=CG(damping=1e-2, max_iter=20),
                               curvature="gauss_newton")
-    expl.fit(Xtr, ytr)
+    expl.fit(Xtr[:200], ytr[:200])  # a part of the data: self_influence solves every row
     _assert_same(net, snap)
     for call in (lambda: expl.influences(Xte[:3]), lambda: expl.explain(Xte[:3], k=2),
                  lambda: expl.influence_factors(Xte[:3]), lambda: expl.self_influence(),

@@ -189,7 +189,8 @@ def correct_net(explainer, X, y, *, n_steps: int = 10, n_anchors: int = 10,
     _fresh_optimizer(net, lr)
 
     def record(step: int, indices) -> dict:
-        loss, acc = _validation_metrics(net, explainer.task_, Xv, yv, explainer.batch_size)
+        loss, acc = _validation_metrics(net, explainer.task_, Xv, yv,
+                                     explainer.engine_.batch_size)
         return {"step": step, "indices": np.asarray(indices, dtype=np.int64),
                 "val_loss": loss, "val_accuracy": acc}
 

@@ -148,7 +148,7 @@ class InfluenceEngine:
 
     @classmethod
     def from_net(cls, net, X_train: torch.Tensor, y_train: torch.Tensor, *, params=None,
-                 curvature: str = "gauss_newton", batch_size: int = 128,
+                 curvature: str = "gauss_newton", batch_size: int | str = "auto",
                  solver: BaseSolver | str, verbose: int = 0) -> InfluenceEngine:
         """Build the engine of a fitted skorch net (not yet prepared: call :meth:`prepare`).
 
@@ -279,6 +279,11 @@ class InfluenceEngine:
     def n_params(self) -> int:
         """Number of parameters differentiated."""
         return self.bridge.n_params
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per chunk of per-sample work (the explainer's ``batch_size``; 128 for "auto")."""
+        return self.bridge.batch_size
 
     @property
     def param_names(self) -> list[str]:

@@ -75,8 +75,12 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         convex in the net's output (cross-entropy, MSE, BCE), so ``H + λI`` is positive definite
         for any ``λ > 0``; equal to the Hessian for a model linear in its parameters.
         ``"hessian"``: the exact Hessian of the mean training loss (often indefinite for a net).
-    batch_size : int, default=128
-        Samples (and right-hand sides) processed together: the memory knob (on a GPU, raise it).
+    batch_size : int or "auto", default="auto"
+        Samples processed together: the memory knob. An int: at most that many rows per
+        vectorised chunk everywhere (on a GPU, raise it). ``"auto"``: 128 rows for per-sample
+        work (gradients, scores), and curvature products of a block of ``m`` vectors over
+        ``max(128, 2**17 // m)`` rows at a time (all 2,000 rows of a training set for a block of
+        50 test points), which halves the time of a solve on small nets.
     n_jobs : int or None, default=None
         joblib workers for the solves, LiSSA's chains, the scoring passes and self-influence:
         ``None`` means 1 unless a :func:`joblib.parallel_config` context says otherwise, ``-1``
@@ -138,7 +142,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         "candidates": [BaseCandidates, None],
         "params": [list, tuple, str, None],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "n_jobs": [Interval(Integral, None, -1, closed="right"),
                    Interval(Integral, 1, None, closed="left"), None],
         "devices": [list, tuple, str, None],
@@ -147,7 +151,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
     }
 
     def __init__(self, estimator, *, solver="auto", candidates=None, params=None,
-                 curvature="gauss_newton", batch_size=128, n_jobs=None, devices=None,
+                 curvature="gauss_newton", batch_size="auto", n_jobs=None, devices=None,
                  random_state=None, verbose=0):
         self.estimator = estimator
         self.solver = solver
@@ -236,7 +240,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         if y is None and y_items is not None:  # a Dataset that yields targets
             y = y_items
         if y is None:
-            proba = _net.predict_proba_tensor(self.net_, Xt, self.batch_size)
+            proba = _net.predict_proba_tensor(self.net_, Xt, self.engine_.batch_size)
             return Xt, self.task_.predicted_labels(proba)
         return Xt, self.task_.encode(y, rows_of.n_rows(Xt))
 

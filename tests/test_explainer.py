@@ -258,3 +258,22 @@ def test_loop_fallback_gives_the_vmap_results(digits, digits_mlp, curvature):
     assert not slow.engine_.bridge.use_vmap
     np.testing.assert_allclose(got, fast.influences(Xte[:2], yte[:2]), rtol=1e-4,
                                atol=1e-6 * np.abs(got).max())
+
+
+def test_auto_batch_size_chunks_products_by_the_block_and_gives_the_same_scores(digits,
+                                                                               digits_mlp):
+    from sk_fastif._net import AUTO_ROW_VECTORS, NetBridge
+
+    Xtr, ytr, Xte, yte = digits
+    auto = InfluenceExplainer(digits_mlp, solver=CG(damping=1e-2, tol=1e-8)).fit(Xtr, ytr)
+    fixed = InfluenceExplainer(digits_mlp, solver=CG(damping=1e-2, tol=1e-8),
+                               batch_size=128).fit(Xtr, ytr)
+    ref = fixed.influences(Xte[:4], yte[:4])
+    np.testing.assert_allclose(auto.influences(Xte[:4], yte[:4]), ref, rtol=1e-4,
+                               atol=1e-5 * np.abs(ref).max())
+    # "auto": per-sample work in 128 rows, a block of m products over 2**17 // m rows at once;
+    # an int is the size of every chunk
+    bridge, ints = NetBridge(digits_mlp), NetBridge(digits_mlp, batch_size=50)
+    assert [s.stop - s.start for s in bridge.chunks(400)][0] == 128
+    assert [s.stop - s.start for s in bridge.chunks(5000, width=50)][0] == AUTO_ROW_VECTORS // 50
+    assert {s.stop - s.start for s in ints.chunks(400, width=50)} == {50}

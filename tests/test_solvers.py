@@ -935,7 +935,7 @@ def test_clone_and_params(solver):
 def test_default_parameters():
     assert Exact().get_params() == {"damping": 1e-3}
     assert CG().get_params() == {"damping": 1e-3, "max_iter": 100, "tol": 1e-6,
-                                 "preconditioner": None}
+                                 "preconditioner": None, "block": False}
     assert LiSSA().get_params() == {
         "damping": 1e-3,
         "scale": "auto",
@@ -1021,3 +1021,67 @@ def test_public_api():
     assert issubclass(CurvatureTooLargeError, MemoryError)
     assert issubclass(IndefiniteCurvatureWarning, UserWarning)
     assert issubclass(ScaleRestartWarning, UserWarning)
+
+
+# ------------------------------------------------------------------------------- block CG
+def _spd_operator(P=40, seed=0, shift=0.01):
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.randn(P, P, generator=g, dtype=torch.float64)
+    H = Q @ Q.T / P + shift * torch.eye(P, dtype=torch.float64)
+    op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+                           n_params=P, n_samples=1, dtype=torch.float64)
+    return H, op
+
+
+def test_block_cg_solves_the_explicit_system_in_fewer_products():
+    H, op = _spd_operator()
+    G = torch.randn(6, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    G[2] = 0.0  # a zero right-hand side stays zero
+    exact = torch.linalg.solve(H + 0.1 * torch.eye(40, dtype=torch.float64), G.T).T
+    block = CG(damping=0.1, tol=1e-10, max_iter=500, block=True).solve(op, G)
+    columns = CG(damping=0.1, tol=1e-10, max_iter=500).solve(op, G)
+    assert block.converged and columns.converged
+    torch.testing.assert_close(block.solution, exact, rtol=1e-8, atol=1e-10)
+    assert torch.count_nonzero(block.solution[2]) == 0
+    assert block.n_iter < columns.n_iter and block.n_hvp < columns.n_hvp
+    assert len(block.trace) == block.n_iter and block.trace[-1] <= 1e-10
+    # the relative residual it reports is the true one
+    true = torch.linalg.vector_norm(
+        (H + 0.1 * torch.eye(40, dtype=torch.float64)) @ block.solution.T - G.T, dim=0)
+    assert float((true / torch.linalg.vector_norm(G, dim=1).clamp_min(1e-300)).max()) <= 1e-9
+
+
+def test_block_cg_with_more_right_hand_sides_than_parameters_takes_one_iteration():
+    H, op = _spd_operator(P=10)
+    G = torch.randn(25, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    res = CG(damping=0.05, tol=1e-10, block=True).solve(op, G)
+    exact = torch.linalg.solve(H + 0.05 * torch.eye(10, dtype=torch.float64), G.T).T
+    assert res.n_iter == 1 and res.n_hvp == 10  # the whole space in one block of directions
+    torch.testing.assert_close(res.solution, exact, rtol=1e-9, atol=1e-11)
+
+
+def test_block_cg_refuses_an_indefinite_system_and_warns_when_truncated():
+    H, _ = _spd_operator(P=20)
+    H = H - 0.5 * torch.eye(20, dtype=torch.float64)
+    op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+                           n_params=20, n_samples=1, dtype=torch.float64)
+    G = torch.randn(3, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.raises(DivergenceError, match="not positive definite"):
+        CG(damping=0.0, block=True).solve(op, G)
+    _, op = _spd_operator(P=20)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        res = CG(damping=1e-3, tol=1e-12, max_iter=2, block=True).solve(op, G)
+    assert not res.converged and res.n_iter == 2
+
+
+def test_block_cg_on_a_net_agrees_with_exact(digits, digits_mlp):
+    from sk_fastif import InfluenceExplainer
+
+    Xtr, ytr, Xte, yte = digits
+    exact = InfluenceExplainer(digits_mlp, solver=Exact(damping=1e-2)).fit(Xtr, ytr)
+    ref = exact.influences(Xte[:8], yte[:8])
+    for pre in (None, "ekfac"):
+        block = InfluenceExplainer(digits_mlp, solver=CG(damping=1e-2, tol=1e-7, block=True,
+                                                         preconditioner=pre)).fit(Xtr, ytr)
+        np.testing.assert_allclose(block.influences(Xte[:8], yte[:8]), ref, rtol=1e-3,
+                                   atol=1e-4 * np.abs(ref).max())

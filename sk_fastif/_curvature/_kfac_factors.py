@@ -272,12 +272,23 @@ def _passes(bridge, batches: Callable[[], Iterator], blocks: list[LinearBlock],
         recorder.remove()
 
 
+# The layer inputs and output gradients of the first pass over the training data are kept for
+# the second (the eigenvalue correction) while they take at most this many bytes; beyond it the
+# second pass recomputes them. The same probes either way, so the factors are the same.
+KEEP_PASS_BYTES = 256 * 2**20
+# with batch_size="auto", the rows of a chunk of those passes are counted as this many vectors
+# (one backward pass per output of the net)
+KFAC_PASS_WIDTH = 16
+
+
 def compute_factors(bridge, batches: Callable[[], Iterator], mc_samples: int | None = None,
                     seed: int | None = None) -> list[KroneckerFactors]:
     """EK-FAC factors of the selected Linear layers of ``bridge`` over ``batches()``.
 
     Two passes over the training data: the covariances ``A`` and ``S`` and their
-    eigendecompositions, then the corrected eigenvalues.
+    eigendecompositions, then the corrected eigenvalues. The second reuses the first's layer
+    inputs and output gradients while they fit in ``KEEP_PASS_BYTES`` (256 MiB), so that on
+    small problems the net runs once.
 
     Parameters
     ----------
@@ -301,18 +312,25 @@ def compute_factors(bridge, batches: Callable[[], Iterator], mc_samples: int | N
     n = 0
     A_sum = [torch.zeros(b.n_cols, b.n_cols, dtype=torch.float64) for b in blocks]
     S_sum = [torch.zeros(b.n_out, b.n_out, dtype=torch.float64) for b in blocks]
+    kept: list | None = []  # the first pass's rows, reused by the second while they fit
+    kept_bytes = 0
     for B, rows in _passes(bridge, batches, blocks, mc_samples, seed):
         n += B
         for i, (A, g) in enumerate(rows):
             A_sum[i] += torch.einsum("bpi,bpj->ij", A, A).cpu()
             S_sum[i] += torch.einsum("kbpo,kbpq->oq", g, g).cpu()
+        if kept is not None:
+            kept_bytes += sum(A.nbytes + g.nbytes for A, g in rows)
+            kept = kept + [rows] if kept_bytes <= KEEP_PASS_BYTES else None
     if n == 0:
         raise ValueError("EKFAC: the training data is empty.")
     eig_A = [torch.linalg.eigh(0.5 * (M + M.T) / n) for M in A_sum]
     eig_S = [torch.linalg.eigh(0.5 * (M + M.T) / n) for M in S_sum]
 
     corrected = [torch.zeros(b.shape, dtype=torch.float64) for b in blocks]
-    for _, rows in _passes(bridge, batches, blocks, mc_samples, seed):
+    second = kept if kept is not None else (r for _, r in _passes(bridge, batches, blocks,
+                                                                  mc_samples, seed))
+    for rows in second:
         for i, (A, g) in enumerate(rows):
             QA = eig_A[i][1].to(A.device)
             QS = eig_S[i][1].to(A.device)
@@ -435,7 +453,7 @@ class FactoredCurvature:
 
     def _batches(self) -> Iterator[tuple[object, torch.Tensor]]:
         """The training data in chunks of ``bridge.batch_size`` rows, on the net's device."""
-        for sl in self._bridge.chunks(len(self._y)):
+        for sl in self._bridge.chunks(len(self._y), width=KFAC_PASS_WIDTH):
             yield self._bridge.on_device(self._X, self._y, sl)
 
     def factors(self, mc_samples: int | None = None,

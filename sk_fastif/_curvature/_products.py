@@ -176,7 +176,7 @@ class CurvatureProducts:
         n = len(y)
         total = torch.zeros_like(V)
         with self.bridge.modes():
-            for sl in self.bridge.chunks(n):
+            for sl in self.bridge.chunks(n, width=V.shape[0]):
                 w = (sl.stop - sl.start) / n
                 total += w * fn(V, *self.bridge.on_device(X, y, sl)).detach()
         return total

@@ -76,11 +76,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         for any ``λ > 0``; equal to the Hessian for a model linear in its parameters.
         ``"hessian"``: the exact Hessian of the mean training loss (often indefinite for a net).
     batch_size : int or "auto", default="auto"
-        Samples processed together: the memory knob. An int: at most that many rows per
-        vectorised chunk everywhere (on a GPU, raise it). ``"auto"``: 128 rows for per-sample
-        work (gradients, scores), and curvature products of a block of ``m`` vectors over
-        ``max(128, 2**17 // m)`` rows at a time (all 2,000 rows of a training set for a block of
-        50 test points), which halves the time of a solve on small nets.
+        Rows per vectorised chunk (the memory knob); "auto": 128, 2**17 // m for m products.
     n_jobs : int or None, default=None
         joblib workers for the solves, LiSSA's chains, the scoring passes and self-influence:
         ``None`` means 1 unless a :func:`joblib.parallel_config` context says otherwise, ``-1``

@@ -6,21 +6,23 @@ some training points, the check that matters beyond agreement with the exact for
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy import sparse
 from scipy.stats import pearsonr, spearmanr
 from sklearn.utils import Bunch, check_random_state
+from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
 
 from .. import _net
 from .._inputs import n_samples
 from .._net import NetBridge
 
 
-def _dense_scores(explainer, X_test, y_test, scores=None) -> np.ndarray:
+def dense_scores(explainer, X_test, y_test, scores=None) -> np.ndarray:
     given = scores is not None
     scores = scores if given else explainer.influences(X_test, y_test)
     scores = scores.toarray() if sparse.issparse(scores) else np.asarray(scores, np.float64)
@@ -35,7 +37,7 @@ def _dense_scores(explainer, X_test, y_test, scores=None) -> np.ndarray:
     return scores
 
 
-def _check(explainer, X, y) -> int:
+def check_inputs(explainer, X, y) -> int:
     check_is_fitted(explainer, ["engine_"])
     pre, _ = _net.split_estimator(explainer.fitted_estimator_)
     if pre is not None:
@@ -52,14 +54,59 @@ def _check(explainer, X, y) -> int:
     return n
 
 
-def _default_refit(explainer, random_state) -> Callable:
-    rng = check_random_state(random_state)
+def draw_seeds(rng, count: int) -> np.ndarray:
+    """One training seed per retraining, drawn before any is dispatched (so the nets do not
+    depend on ``n_jobs``)."""
+    return np.array([int(rng.randint(np.iinfo(np.int32).max)) for _ in range(count)],
+                    dtype=np.int64)
 
-    def refit(X_sub, y_sub):
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        return _net.fit_clone(explainer.net_, X_sub, y_sub, seed)
 
-    return refit
+def draw_subsets(rng, n: int, n_subsets: int, m: int) -> np.ndarray:
+    """``n_subsets`` sorted random subsets of ``m`` of the ``n`` training rows."""
+    return np.stack([np.sort(rng.permutation(n)[:m]) for _ in range(n_subsets)])
+
+
+def _retrain_one(net, X, y, keep: np.ndarray, seed: int, refit: Callable | None):
+    """The net trained again on the rows ``keep``: ``refit`` or a seeded clone of ``net``."""
+    if refit is None:
+        return _net.fit_clone(net, X[keep], y[keep], int(seed))
+    return refit(X[keep], y[keep])
+
+
+def retrain(net, X, y, rows: Sequence[np.ndarray], seeds: np.ndarray, *,
+            refit: Callable | None = None, n_jobs: int | None = None,
+            verbose: int = 0) -> list:
+    """Nets trained again on each set of training rows, in parallel, with a progress bar.
+
+    Parameters
+    ----------
+    net : skorch net
+        The net whose clones are trained when ``refit`` is None (its settings, not its
+        weights).
+    X, y : ndarray
+        The training data, as the net takes it.
+    rows : sequence of ndarray of int
+        The training rows of each retraining.
+    seeds : ndarray of int
+        One seed per retraining (for the default refit; drawn by the caller before dispatch).
+    refit : callable or None, default=None
+        ``refit(X_sub, y_sub)`` returns a fitted net; None trains a seeded clone of ``net``.
+    n_jobs : int or None, default=None
+        Retrainings run at once (:class:`joblib.Parallel`; None is 1 unless in a
+        :func:`joblib.parallel_backend` context).
+    verbose : int, default=0
+        ``> 0`` shows a progress bar over the retrainings.
+
+    Returns
+    -------
+    nets : list
+        The fitted nets, in the order of ``rows``.
+    """
+    jobs = (delayed(_retrain_one)(net, X, y, keep, seed, refit)
+            for keep, seed in zip(rows, seeds))
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+    return list(tqdm(results, total=len(rows), desc="retraining", leave=False,
+                     disable=not verbose))
 
 
 def _test_losses(net, Xt: torch.Tensor, yt: torch.Tensor) -> np.ndarray:
@@ -70,7 +117,8 @@ def _test_losses(net, Xt: torch.Tensor, yt: torch.Tensor) -> np.ndarray:
 
 def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=None,
                               refit: Callable | None = None, method: str = "pearson",
-                              random_state=None, scores=None) -> Bunch:
+                              random_state=None, scores=None, n_jobs: int | None = None,
+                              verbose: int = 0) -> Bunch:
     """Correlation of predicted and actual test-loss changes when single points are left out.
 
     For each training index ``j`` in ``indices`` the net is trained again on the other rows
@@ -99,6 +147,11 @@ def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=N
         Precomputed scores to evaluate (another method's, in this library's sign convention:
         positive = helpful, with the ``1/n`` factor); None computes the explainer's own
         :meth:`influences`. The explainer still provides the net, the loss and the checks.
+    n_jobs : int or None, default=None
+        Retrainings run in parallel (:class:`joblib.Parallel`); the seeds are drawn before
+        dispatch, so the result does not depend on ``n_jobs``.
+    verbose : int, default=0
+        ``> 0`` shows a progress bar over the retrainings.
 
     Returns
     -------
@@ -128,7 +181,7 @@ def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=N
     >>> bool(res.score > 0.95)
     True
     """
-    n = _check(explainer, X, y)
+    n = check_inputs(explainer, X, y)
     rng = check_random_state(random_state)
     indices = (rng.choice(n, size=min(20, n), replace=False) if indices is None
                else np.asarray(list(indices), dtype=np.intp))
@@ -137,24 +190,32 @@ def leave_one_out_correlation(explainer, X, y, X_test, y_test=None, *, indices=N
                          f"got {indices!r}.")
     if method not in ("pearson", "spearman"):
         raise ValueError(f'method must be "pearson" or "spearman"; got {method!r}.')
-    refit = _default_refit(explainer, rng) if refit is None else refit
-    scores = _dense_scores(explainer, X_test, y_test, scores)
+    scores = dense_scores(explainer, X_test, y_test, scores)
+    rows = [np.flatnonzero(np.arange(n) != j) for j in indices]
+    nets = retrain(explainer.net_, np.asarray(X), np.asarray(y), rows,
+                   draw_seeds(rng, len(rows)), refit=refit, n_jobs=n_jobs, verbose=verbose)
+    return loo_from_nets(explainer, nets, indices, X_test, y_test, scores, method=method)
+
+
+def loo_from_nets(explainer, nets: Sequence, indices: np.ndarray, X_test, y_test,
+                  scores: np.ndarray, *, method: str = "pearson") -> Bunch:
+    """The leave-one-out correlation of ``scores`` given the nets retrained without each of
+    ``indices`` (``nets[i]`` without row ``indices[i]``); see
+    :func:`leave_one_out_correlation`."""
+    n = explainer.n_train_
     Xt, yt = explainer.as_engine_input(X_test, y_test)
-    X, y = np.asarray(X), np.asarray(y)
     base = _test_losses(explainer.net_, Xt, yt)
-    actual = np.empty((len(indices), scores.shape[0]))
-    for i, j in enumerate(indices):
-        keep = np.arange(n) != j
-        actual[i] = _test_losses(refit(X[keep], y[keep]), Xt, yt) - base
+    actual = np.stack([_test_losses(net, Xt, yt) - base for net in nets])
     predicted = scores[:, indices].T * n / (n - 1)
     corr = pearsonr if method == "pearson" else spearmanr
     return Bunch(score=float(corr(predicted.ravel(), actual.ravel())[0]), predicted=predicted,
-                 actual=actual, indices=indices)
+                 actual=actual, indices=np.asarray(indices))
 
 
 def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets: int = 50,
                               fraction: float = 0.5, refit: Callable | None = None,
-                              random_state=None, scores=None) -> Bunch:
+                              random_state=None, scores=None, n_jobs: int | None = None,
+                              verbose: int = 0) -> Bunch:
     """The linear datamodeling score (LDS) of an explainer's scores.
 
     Draws ``n_subsets`` random subsets of ``fraction * n`` training rows, trains the net again
@@ -184,6 +245,11 @@ def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets
         Precomputed scores to evaluate (another method's, in this library's sign convention:
         positive = helpful, with the ``1/n`` factor); None computes the explainer's own
         :meth:`influences`. The explainer still provides the net, the loss and the checks.
+    n_jobs : int or None, default=None
+        Retrainings run in parallel (:class:`joblib.Parallel`); the seeds are drawn before
+        dispatch, so the result does not depend on ``n_jobs``.
+    verbose : int, default=0
+        ``> 0`` shows a progress bar over the retrainings.
 
     Returns
     -------
@@ -212,7 +278,7 @@ def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets
     >>> bool(res.score > 0.5)
     True
     """
-    n = _check(explainer, X, y)
+    n = check_inputs(explainer, X, y)
     if not (isinstance(n_subsets, (int, np.integer)) and n_subsets >= 3):
         raise ValueError(f"n_subsets must be an int >= 3; got {n_subsets!r}.")
     m = int(round(float(fraction) * n))
@@ -220,20 +286,38 @@ def linear_datamodeling_score(explainer, X, y, X_test, y_test=None, *, n_subsets
         raise ValueError(f"fraction must keep between 1 and {n - 1} of the {n} training rows; "
                          f"got fraction={fraction!r} ({m} rows).")
     rng = check_random_state(random_state)
-    refit = _default_refit(explainer, rng) if refit is None else refit
-    scores = _dense_scores(explainer, X_test, y_test, scores)
+    scores = dense_scores(explainer, X_test, y_test, scores)
+    subsets = draw_subsets(rng, n, n_subsets, m)
+    nets = retrain(explainer.net_, np.asarray(X), np.asarray(y), subsets,
+                   draw_seeds(rng, n_subsets), refit=refit, n_jobs=n_jobs, verbose=verbose)
+    return lds_from_nets(explainer, nets, subsets, X_test, y_test, scores)
+
+
+def lds_from_nets(explainer, nets: Sequence, subsets: np.ndarray, X_test, y_test,
+                  scores: np.ndarray) -> Bunch:
+    """The LDS of ``scores`` given the nets retrained on each subset (``nets[s]`` on the rows
+    ``subsets[s]``); see :func:`linear_datamodeling_score`."""
+    n = explainer.n_train_
     Xt, yt = explainer.as_engine_input(X_test, y_test)
-    X, y = np.asarray(X), np.asarray(y)
     base = _test_losses(explainer.net_, Xt, yt)
-    subsets = np.stack([np.sort(rng.permutation(n)[:m]) for _ in range(n_subsets)])
-    predicted = np.empty((n_subsets, scores.shape[0]))
+    predicted = np.empty((len(subsets), scores.shape[0]))
     actual = np.empty_like(predicted)
-    for s, keep in enumerate(subsets):
+    for s, (keep, net) in enumerate(zip(subsets, nets)):
         left_out = np.ones(n, dtype=bool)
         left_out[keep] = False
         predicted[s] = base + scores[:, left_out].sum(axis=1)
-        actual[s] = _test_losses(refit(X[keep], y[keep]), Xt, yt)
-    per_test = np.array([spearmanr(predicted[:, i], actual[:, i])[0]
+        actual[s] = _test_losses(net, Xt, yt)
+    per_test = np.array([_spearman(predicted[:, i], actual[:, i])
                          for i in range(scores.shape[0])])
+    if np.all(np.isnan(per_test)):
+        raise ValueError("the LDS is undefined: every test point's loss is constant over the "
+                         "subsets (or its predicted loss is).")
     return Bunch(score=float(np.nanmean(per_test)), per_test=per_test, predicted=predicted,
                  actual=actual, subsets=subsets)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's correlation, NaN (not a warning) when either side is constant."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b)[0])

@@ -60,7 +60,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         search never retrains it); an unfitted one is cloned and trained by :meth:`fit`.
     solver : Exact, CG, LiSSA or "auto", default="auto"
         The inverse-Hessian-vector-product solver; its ``damping_`` is ``λ`` above. ``"auto"``:
-        ``Exact(damping="auto")`` up to 4,096 parameters, else ``CG(damping="auto")`` (see
+        ``Exact(damping="auto")`` up to 512 parameters, else block CG to 1e-2 (see
         :func:`~sk_fastif.solvers.auto_solver`; the choice is ``solver_``).
     candidates : BaseCandidates or None, default=None
         ``None`` scores every training point. A selector from :mod:`sk_fastif.neighbors` scores

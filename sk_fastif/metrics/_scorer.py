@@ -179,10 +179,7 @@ class _InfluenceScorer:
             cached = _as_memory(self.memory).cache(
                 _cached_reference, ignore=["scorer", "explainer", "X", "y"])
             value = cached(key, self, explainer, Xe, y)
-        self._cache[key] = value
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return value
+        return _remember(self._cache, key, value, self.cache_size)
 
     def __call__(self, estimator, X, y=None) -> float:
         explainer, Xe = _explainer_and_input(estimator, X)
@@ -302,10 +299,7 @@ class _RetrainingScorer:
                 _cached_retrain, ignore=["scorer", "explainer", "X", "y", "rows", "seeds"])
             nets = cached(key, self, explainer, X, y, rows, seeds)
         value = Bunch(left_out=what, seeds=seeds, nets=nets, key=key)
-        self._cache[key] = value
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return value
+        return _remember(self._cache, key, value, self.cache_size)
 
     def __call__(self, estimator, X, y=None) -> float:
         explainer, Xe = _explainer_and_input(estimator, X)
@@ -466,3 +460,11 @@ def make_influence_scorer(
     if not isinstance(k, Integral) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer; got {k!r}.")
     return _InfluenceScorer(metric, clone(reference), int(k), memory, int(cache_size))
+
+
+def _remember(cache: OrderedDict, key, value, size: int):
+    """Store ``value`` under ``key``, dropping the oldest entries beyond ``size``; return it."""
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value

@@ -167,17 +167,11 @@ class CG(BaseSolver):
                        damping: float) -> SolveResult:
         """One CG recursion per row of ``G``, their products computed together."""
         max_iter, tol = int(self.max_iter), float(self.tol)
-        wd = _work_dtype(op)
-        B = G.detach().to(wd)
+        wd, B, X, R, gnorm, active = _start(op, G)
         m = B.shape[0]
-
-        X = torch.zeros_like(B)
-        R = B.clone()
         Z = self._precondition(op, R)
         Pd = Z.clone()
-        gnorm = torch.linalg.vector_norm(B, dim=1)
         rz = (R * Z).sum(dim=1)
-        active = gnorm > 0  # zero right-hand sides: solution 0, nothing to do
         trace: list[float] = []
         n_hvp = 0
         n_iter = 0
@@ -244,13 +238,8 @@ class CG(BaseSolver):
                      damping: float) -> SolveResult:
         """Block CG: the rows of ``G`` share one Krylov space (directions kept orthonormal)."""
         max_iter, tol = int(self.max_iter), float(self.tol)
-        wd = _work_dtype(op)
-        B = G.detach().to(wd)
+        wd, B, X, R, gnorm, active = _start(op, G)
         m = B.shape[0]
-        X = torch.zeros_like(B)
-        R = B.clone()
-        gnorm = torch.linalg.vector_norm(B, dim=1)
-        active = gnorm > 0
         rel = torch.zeros(m, dtype=wd, device=B.device)
         trace: list[float] = []
         n_hvp = n_iter = 0
@@ -294,6 +283,15 @@ class CG(BaseSolver):
 
     def _nonfinite_message(self, op: CurvatureOperator) -> str:
         return "CG produced non-finite values. Raise `damping` or check the model's loss."
+
+
+def _start(op: CurvatureOperator, G: torch.Tensor) -> tuple:
+    """CG's starting point from zero: work dtype, ``B``, ``X = 0``, ``R = B``, ``||g||``, and
+    the active rows (a zero right-hand side has solution 0: nothing to do)."""
+    wd = _work_dtype(op)
+    B = G.detach().to(wd)
+    gnorm = torch.linalg.vector_norm(B, dim=1)
+    return wd, B, torch.zeros_like(B), B.clone(), gnorm, gnorm > 0
 
 
 def _orthonormal_rows(D: torch.Tensor) -> torch.Tensor:

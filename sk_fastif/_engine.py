@@ -46,6 +46,11 @@ logger = logging.getLogger("sk_fastif")
 
 _QUERIES = ("each", "mean")
 
+#: The training set's per-sample gradients are kept after the first full scoring pass while
+#: they take at most this many bytes (``n_train * n_params * 4`` in float32), so that every
+#: later query scores the training set by one matrix product instead of a gradient pass.
+TRAIN_GRADIENT_BYTES = 256 * 2**20
+
 
 @dataclasses.dataclass
 class Scores:
@@ -68,6 +73,12 @@ class Scores:
     candidates: np.ndarray | None
     n_data: int
     solve: SolveResult
+
+
+class _KeptGradients:
+    """The training gradients one engine and its copies keep (``G``: None until scored)."""
+
+    G: torch.Tensor | None = None
 
 
 class _Counted:
@@ -144,6 +155,7 @@ class InfluenceEngine:
         self.verbose = verbose
         self.fingerprint = self._compute_fingerprint() if fingerprint is None else fingerprint
         self.dispatcher = None  # see bind()
+        self._kept = _KeptGradients()  # shared by copies (bind, with_solver): see score_rows
         self._build_operator()
 
     @classmethod
@@ -200,6 +212,7 @@ class InfluenceEngine:
         state.pop("op", None)  # partials over the training tensors: rebuilt on loading
         state.pop("products", None)
         state["dispatcher"] = None  # a worker's copy computes where it is
+        state["_kept"] = _KeptGradients()  # a worker scores its own partition
         for name in ("X_train", "y_train"):  # as numpy: joblib memory-maps large arrays
             state[name] = rows_of.to_numpy(state[name])
         return state
@@ -267,6 +280,7 @@ class InfluenceEngine:
         new.bridge = self.bridge.to(device)
         new.solver = copy.deepcopy(self.solver)
         new.dispatcher = None
+        new._kept = _KeptGradients()
         new._build_operator()
         return new
 
@@ -518,12 +532,35 @@ class InfluenceEngine:
                 parts = self._run(_score_rows_unit, self._partitions(self.n_train), S,
                                   desc="scoring")
                 return np.concatenate(parts, axis=1)
+        G = self._kept_gradients(build=rows is None)
+        if G is not None:
+            with self._timed("scoring", self.n_train):
+                if rows is not None:
+                    G = G[torch.as_tensor(np.asarray(rows, dtype=np.int64), device=G.device)]
+                return (S.to(G) @ G.T).double().cpu().numpy() / self.n_train
         X, y, index = self._train_rows(rows)
         with self._timed("scoring", len(y)):
             out = np.empty((len(S), len(y)), dtype=np.float64)
             for sl, P in self._iter_products(S, X, y, "training gradients", index):
                 out[:, sl] = P.cpu().numpy()
         return out / self.n_train
+
+    def _kept_gradients(self, build: bool) -> torch.Tensor | None:
+        """The training gradients kept in memory; computed (checked finite) when ``build``
+        and they fit :data:`TRAIN_GRADIENT_BYTES`, else None."""
+        kept = getattr(self, "_kept", None)
+        if kept is None or kept.G is not None or not build:
+            return None if kept is None else kept.G
+        itemsize = torch.empty((), dtype=self.bridge.dtype).element_size()
+        if self.n_train * self.n_params * itemsize > TRAIN_GRADIENT_BYTES:
+            return None
+        G = torch.empty(self.n_train, self.n_params, dtype=self.bridge.dtype,
+                        device=self.bridge.device)
+        blocks = self._progress(self.iter_gradients(), self.X_train, "training gradients")
+        for sl, block in blocks:
+            G[sl] = block
+        kept.G = G
+        return G
 
     def score_data(self, S: torch.Tensor, X, y: torch.Tensor) -> np.ndarray:
         """Scores of points outside the training set, as if they were training points.

@@ -187,7 +187,7 @@ def test_fit_shows_the_progress_of_the_curvature_build(digits, digits_mlp, capsy
 def test_scoring_products_equal_the_explicit_ones_either_way(fitted, forward, monkeypatch):
     # forward mode (few rows of S: no gradient block is formed) and the gradient block give
     # the explicit S @ G.T, and the path taken is the one the limit says
-    from sk_fastif import _gradients
+    from sk_fastif import _engine, _gradients
 
     expl, _, _ = fitted
     e = expl.engine_
@@ -199,6 +199,7 @@ def test_scoring_products_equal_the_explicit_ones_either_way(fitted, forward, mo
         return original(self, S, X, y)
 
     monkeypatch.setattr(_gradients, "forward_products", counting)
+    monkeypatch.setattr(_engine, "TRAIN_GRADIENT_BYTES", 0)  # the streaming pass
     m = 5 if forward else _gradients.FORWARD_MAX_VECTORS + 1
     S = torch.randn(m, e.n_params, generator=torch.Generator().manual_seed(0))
     G = e.gradients(e.X_train, e.y_train).double()
@@ -248,3 +249,40 @@ def test_a_non_finite_training_gradient_is_named_by_forward_scoring(fitted):
     S = torch.randn(3, e.n_params, generator=torch.Generator().manual_seed(2))
     with pytest.raises(ValueError, match=r"indices \[70\]"):
         e.score_data(S, X, e.y_train[:100])
+
+
+def test_training_gradients_are_kept_after_the_first_scoring_pass(digits, digits_mlp,
+                                                                   monkeypatch):
+    from sk_fastif import _engine
+
+    Xtr, ytr, Xte, yte = digits
+    Xtr, ytr = Xtr[:150], ytr[:150]
+    expl = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05)).fit(Xtr, ytr)
+    engine = expl.engine_
+    assert engine._kept.G is None  # nothing before the first query
+    first = expl.influences(Xte[:3], yte[:3])
+    G = engine._kept.G
+    # the kept rows are the per-sample loss gradients, against torch.func on the module
+    module = digits_mlp.module_
+    params = {k: v.detach() for k, v in module.named_parameters()}
+
+    def loss(p, x, y):
+        out = torch.func.functional_call(module, p, (x[None],))
+        return torch.nn.functional.cross_entropy(out, y[None])
+
+    per = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(
+        params, torch.as_tensor(Xtr), torch.as_tensor(ytr))
+    truth = torch.cat([per[k].reshape(len(ytr), -1) for k in params], dim=1)
+    torch.testing.assert_close(G, truth, rtol=1e-4, atol=1e-6)
+    # later queries score by one product with them, as the streaming pass would
+    second = expl.influences(Xte[3:6], yte[3:6])
+    sub = engine.score_rows(expl.solve(Xte[3:6], yte[3:6]).solution, rows=[4, 0, 149])
+    monkeypatch.setattr(_engine, "TRAIN_GRADIENT_BYTES", 0)
+    streamed = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05)).fit(Xtr, ytr)
+    ref = streamed.influences(Xte[:6], yte[:6])
+    assert streamed.engine_._kept.G is None  # over the budget: never kept
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(np.vstack([first, second]), ref, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(sub, ref[3:6][:, [4, 0, 149]], rtol=1e-5, atol=1e-6 * scale)
+    # a pickled engine (what a worker receives) carries no kept gradients
+    assert pickle.loads(pickle.dumps(engine))._kept.G is None

@@ -67,10 +67,16 @@ def _all_results(e, data):
     }
 
 
+# The caller's process scores the training set from its kept gradients by one matrix product,
+# workers by their own gradient passes: float32 sums in another order, so that an element much
+# smaller than the largest may differ by a few float32 epsilons of the largest.
+ATOL = 1e-6
+
+
 def _assert_same(a, b):
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5,
-                                   atol=1e-7 * np.abs(a[key]).max(), err_msg=key)
+                                   atol=ATOL * np.abs(a[key]).max(), err_msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +229,7 @@ def test_lissa_chains_run_in_parallel_and_average_to_the_sequential_solve(digits
     par = _explainer(digits_mlp, data, solver, n_jobs=2)
     with joblib.parallel_config(backend=backend):
         b = par.influences(Xte, yte)
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7 * np.abs(a).max())
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=ATOL * np.abs(a).max())
     # the same chains, the same minibatches: the same number of curvature products
     with joblib.parallel_config(backend=backend):
         par_solve = par.solve(Xte, yte)
@@ -249,7 +255,7 @@ def test_chains_left_behind_by_a_restart_are_rerun_at_the_common_scale(ridge_net
             b = par.influences(X[:5], y[:5])
     assert len(seq.solver_.restarts_) == 1 and [r["repeat"] for r in par.solver_.restarts_] == [2]
     assert par.solver_.scale_ == seq.solver_.scale_
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7 * np.abs(a).max())
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=ATOL * np.abs(a).max())
 
 
 class _FakeLibc:

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 
-from sk_fastif import InfluenceExplainer, _gradients
+from sk_fastif import InfluenceExplainer, _engine, _gradients
 from sk_fastif import _validation as validation
 from sk_fastif._curvature import CurvatureProducts
 from sk_fastif._net import NetBridge
@@ -625,6 +625,8 @@ def _modes(net):
 def test_interrupted_call_leaves_explainer_usable(small, monkeypatch, method, owner, name, n,
                                                   solver, batch_size):
     with pytest.MonkeyPatch.context() as limit:
+        # the streaming passes (kept training gradients are tested below)
+        limit.setattr(_engine, "TRAIN_GRADIENT_BYTES", 0)
         if name in ("per_sample", "check_finite_products"):
             # interrupt the scoring pass over gradient blocks (few test points are scored by
             # forward mode: the "forward-mode-chunk" case)
@@ -660,6 +662,25 @@ def _interrupt_and_rerun(small, monkeypatch, method, owner, name, n, solver, bat
     monkeypatch.undo()
     np.testing.assert_array_equal(call(), before)
     _assert_unchanged(net, snap, "after rerun")
+
+
+def test_interrupted_pass_keeps_no_training_gradients(small, monkeypatch):
+    net0, Xtr, ytr, Xte, yte = small
+    net = _prepare_users_net(net0, True)
+    snap = _snapshot(net)
+    e = InfluenceExplainer(net, solver=Exact(damping=0.05), curvature="gauss_newton",
+                           batch_size=16).fit(Xtr, ytr)
+    reference = InfluenceExplainer(net, solver=Exact(damping=0.05), curvature="gauss_newton",
+                                   batch_size=16).fit(Xtr, ytr).influences(Xte[:5], yte[:5])
+    # interrupted in the first scoring pass, which would keep the training gradients
+    _interrupt_on_call(monkeypatch, NetBridge, "per_sample", 3)
+    with pytest.raises(KeyboardInterrupt):
+        e.influences(Xte[:5], yte[:5])
+    assert e.engine_._kept.G is None  # a partial block is never kept
+    _assert_unchanged(net, snap, "after interrupt")
+    monkeypatch.undo()
+    np.testing.assert_array_equal(e.influences(Xte[:5], yte[:5]), reference)
+    assert e.engine_._kept.G is not None
 
 
 def test_interrupted_fit_leaves_a_consistent_explainer(small, monkeypatch):

@@ -935,7 +935,7 @@ def test_clone_and_params(solver):
 def test_default_parameters():
     assert Exact().get_params() == {"damping": 1e-3}
     assert CG().get_params() == {"damping": 1e-3, "max_iter": 100, "tol": 1e-6,
-                                 "preconditioner": None, "block": False}
+                                 "preconditioner": None, "block": False, "recycle": 0}
     assert LiSSA().get_params() == {
         "damping": 1e-3,
         "scale": "auto",
@@ -1085,3 +1085,91 @@ def test_block_cg_on_a_net_agrees_with_exact(digits, digits_mlp):
                                                          preconditioner=pre)).fit(Xtr, ytr)
         np.testing.assert_allclose(block.influences(Xte[:8], yte[:8]), ref, rtol=1e-3,
                                    atol=1e-4 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------- recycled block CG
+def _true_residual(H, damping, X, G):
+    A = H + damping * torch.eye(H.shape[0], dtype=H.dtype)
+    return float((torch.linalg.vector_norm(X @ A - G, dim=1)
+                  / torch.linalg.vector_norm(G, dim=1)).max())
+
+
+def _correlated_blocks(P=60, n_blocks=4, m=5, seed=4):
+    # right-hand sides that share a subspace, as the gradients of test points do
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(12, P, generator=g, dtype=torch.float64)
+    return [torch.randn(m, 12, generator=g, dtype=torch.float64) @ basis
+            + 0.05 * torch.randn(m, P, generator=g, dtype=torch.float64)
+            for _ in range(n_blocks)]
+
+
+def test_recycled_cg_meets_the_tolerance_in_fewer_products():
+    H, op = _spd_operator(P=60, shift=0.02)
+    blocks = _correlated_blocks()
+    fresh = CG(damping=0.05, tol=1e-3, max_iter=500, block=True).prepare(op)
+    kept = CG(damping=0.05, tol=1e-3, max_iter=500, block=True, recycle=60).prepare(op)
+    spent_fresh = spent_kept = 0
+    for G in blocks:
+        a, b = fresh.solve(op, G), kept.solve(op, G)
+        assert a.converged and b.converged
+        assert _true_residual(H, 0.05, b.solution, G) <= 1e-3  # the same promise
+        spent_fresh += a.n_hvp
+        spent_kept += b.n_hvp
+    assert spent_kept < 0.8 * spent_fresh
+    assert 0 < kept.n_recycled_ <= 60 and fresh.n_recycled_ == 0
+
+
+def test_recycled_cg_is_exact_and_free_once_it_spans_every_parameter():
+    H, op = _spd_operator(P=15)
+    solver = CG(damping=0.1, tol=1e-12, block=True, recycle=15).prepare(op)
+    G = torch.randn(20, 15, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    solver.solve(op, G)  # 20 right-hand sides in 15 dimensions: the whole space
+    assert solver.n_recycled_ == 15
+    B = torch.randn(4, 15, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    res = solver.solve(op, B)
+    assert res.n_hvp == 0 and res.converged
+    exact = torch.linalg.solve(H + 0.1 * torch.eye(15, dtype=torch.float64), B.T).T
+    torch.testing.assert_close(res.solution, exact, rtol=1e-9, atol=1e-11)
+    # the kept products are of H alone: another damping still gets the exact answer for free
+    solver.set_params(damping=1.0)
+    res = solver.solve(op, B)
+    exact = torch.linalg.solve(H + torch.eye(15, dtype=torch.float64), B.T).T
+    assert res.n_hvp == 0
+    torch.testing.assert_close(res.solution, exact, rtol=1e-9, atol=1e-11)
+
+
+def test_recycled_cg_keeps_at_most_recycle_directions_and_forgets_them_on_prepare():
+    H, op = _spd_operator(P=60, shift=0.02)
+    solver = CG(damping=0.05, tol=1e-8, max_iter=500, block=True, recycle=7)
+    for G in _correlated_blocks():
+        res = solver.solve(op, G)
+        assert _true_residual(H, 0.05, res.solution, G) <= 1e-8
+    assert solver.n_recycled_ == 7
+    solver.prepare(op)
+    assert solver.n_recycled_ == 0
+    # a pickled solver (as a worker receives it) drops the directions and still solves
+    solver.solve(op, _correlated_blocks()[0])
+    clone = pickle.loads(pickle.dumps(solver))
+    assert clone.n_recycled_ == 0 and solver.n_recycled_ > 0
+    G = _correlated_blocks(seed=9)[0]
+    assert _true_residual(H, 0.05, clone.solve(op, G).solution, G) <= 1e-8
+
+
+def test_recycle_needs_block_cg_and_refuses_an_indefinite_kept_space():
+    H, op = _spd_operator(P=20)
+    G = torch.randn(3, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.raises(ValueError, match="needs block=True"):
+        CG(damping=0.1, recycle=5).solve(op, G)
+    with pytest.raises(ValueError, match="recycle"):
+        CG(damping=0.1, block=True, recycle=-1).solve(op, G)
+    # an indefinite H: PD at damping 1, not at 0.1; the kept directions say so at once
+    H = H - 0.5 * torch.eye(20, dtype=torch.float64)
+    op = CurvatureOperator(matvec=lambda V: V @ H, batch_matvec=lambda V, idx: V @ H,
+                           n_params=20, n_samples=1, dtype=torch.float64)
+    solver = CG(damping=1.0, tol=1e-10, block=True, recycle=20)
+    solver.solve(op, torch.randn(25, 20, generator=torch.Generator().manual_seed(7),
+                                 dtype=torch.float64))
+    assert solver.n_recycled_ == 20
+    solver.set_params(damping=0.1)
+    with pytest.raises(DivergenceError, match="recycled directions"):
+        solver.solve(op, G)

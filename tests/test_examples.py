@@ -40,3 +40,24 @@ def test_plot_tune_lissa_runs(monkeypatch, capsys):
     by_depth = table.groupby("depth")["agreement"].mean()
     assert by_depth[80] > by_depth[5]
     plt.close("all")
+
+
+@pytest.mark.slow
+def test_plot_tune_damping_lds_runs(monkeypatch, capsys):
+    matplotlib = pytest.importorskip("matplotlib")
+    pytest.importorskip("pandas")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    ns = runpy.run_path(str(EXAMPLES / "plot_tune_damping_lds.py"), run_name="__main__")
+    assert "chosen damping" in capsys.readouterr().out
+    search, scorer = ns["search"], ns["scorer"]
+    lds = search.cv_results_["mean_test_score"]
+    # 40 nets for 5 candidates and the default; the choice is the candidate of largest LDS
+    assert scorer.n_retrainings_ == 40
+    assert search.best_params_["solver__damping"] == ns["dampings"][int(np.argmax(lds))]
+    # the scores predict retraining (LDS well above 0) and damping matters (not flat)
+    assert lds.max() > 0.3 and lds.max() - lds.min() > 0.1 and np.isfinite(ns["auto_lds"])
+    plt.close("all")

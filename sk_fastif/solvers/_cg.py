@@ -19,7 +19,7 @@ from ._base import (
     _work_dtype,
 )
 from ._ekfac import require_factored
-from ._krylov import RecycledSpace
+from ._krylov import RecycledSpace, cholesky_or_raise
 
 
 class CG(BaseSolver):
@@ -302,15 +302,7 @@ class CG(BaseSolver):
                     f"CG produced non-finite values at iteration {it + 1}; the curvature "
                     f"products overflowed. Raise `damping` or check the model's loss."
                 )
-            L, info = torch.linalg.cholesky_ex(PAP)
-            if int(info) != 0:
-                smallest = float(torch.linalg.eigvalsh(PAP)[0])
-                raise DivergenceError(
-                    f"CG met non-positive curvature p^T (H + damping*I) p = {smallest:.4g} <= 0 "
-                    f"at iteration {it + 1}: H + damping*I is not positive definite "
-                    f"(damping={damping:g}). Raise `damping` above minus the smallest "
-                    f'eigenvalue of H, or use curvature="gauss_newton" (positive semi-definite).'
-                )
+            L = cholesky_or_raise(PAP, f"at iteration {it + 1}", damping)
             alpha = torch.cholesky_solve(P @ R.T, L)  # (k, m): the Galerkin step of every row
             X = X + alpha.T @ P
             R = R - alpha.T @ AP

@@ -17,7 +17,22 @@ import torch
 
 from ._base import DivergenceError
 
-__all__ = ["RecycledSpace"]
+__all__ = ["RecycledSpace", "cholesky_or_raise"]
+
+
+def cholesky_or_raise(A: torch.Tensor, where: str, damping: float) -> torch.Tensor:
+    """The Cholesky factor of the Galerkin matrix ``A`` of ``H + damping * I``, or the
+    :class:`DivergenceError` that says ``H + damping * I`` is not positive definite."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        smallest = float(torch.linalg.eigvalsh(A)[0])
+        raise DivergenceError(
+            f"CG met non-positive curvature p^T (H + damping*I) p = {smallest:.4g} <= 0 "
+            f"{where}: H + damping*I is not positive definite (damping={damping:g}). Raise "
+            "`damping` above minus the smallest eigenvalue of H, or use "
+            'curvature="gauss_newton" (positive semi-definite).'
+        )
+    return L
 
 
 class RecycledSpace:
@@ -88,15 +103,7 @@ class _Projection:
     def __init__(self, Q, HQ, T, damping: float) -> None:
         self.Q, self.HQ, self.damping = Q, HQ, float(damping)
         A = T + self.damping * torch.eye(T.shape[0], dtype=T.dtype, device=T.device)
-        self.L, info = torch.linalg.cholesky_ex(A)
-        if int(info) != 0:
-            smallest = float(torch.linalg.eigvalsh(A)[0])
-            raise DivergenceError(
-                f"CG met non-positive curvature p^T (H + damping*I) p = {smallest:.4g} <= 0 on "
-                f"the recycled directions: H + damping*I is not positive definite "
-                f"(damping={damping:g}). Raise `damping` above minus the smallest eigenvalue "
-                'of H, or use curvature="gauss_newton" (positive semi-definite).'
-            )
+        self.L = cholesky_or_raise(A, "on the recycled directions", damping)
 
     def _coefficients(self, B: torch.Tensor) -> torch.Tensor:
         """``(Q A Qᵀ)⁻¹ Q Bᵀ``: the Galerkin coefficients of the rows of ``B``."""

@@ -199,7 +199,9 @@ def test_scoring_products_equal_the_explicit_ones_either_way(fitted, forward, mo
         return original(self, S, X, y)
 
     monkeypatch.setattr(_gradients, "forward_products", counting)
-    monkeypatch.setattr(_engine, "TRAIN_GRADIENT_BYTES", 0)  # the streaming pass
+    # the streaming pass: no gradients kept by earlier tests on this engine, none kept now
+    monkeypatch.setattr(e, "_kept", _engine._KeptGradients())
+    monkeypatch.setattr(_engine, "TRAIN_GRADIENT_BYTES", 0)
     m = 5 if forward else _gradients.FORWARD_MAX_VECTORS + 1
     S = torch.randn(m, e.n_params, generator=torch.Generator().manual_seed(0))
     G = e.gradients(e.X_train, e.y_train).double()

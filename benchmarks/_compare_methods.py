@@ -2,7 +2,10 @@
 
 Every method is a function ``setup(spec, data) -> run``: ``setup`` builds what the user would
 already have (the torch module, tensors, data loaders; not timed), and ``run()`` (timed:
-construct + fit + score) returns ``(scores, info)``. ``scores`` is an ``(n_test, n_train)``
+construct + fit + score) returns ``(scores, info)``. A ``run`` with ``run.query_many = True``
+also takes ``run(batches=[(X, y), ...])``: one fit, then each batch of test points scored with
+what the fit prepared (the library's own cache), the way a notebook queries; it returns the
+list of score matrices. ``scores`` is an ``(n_test, n_train)``
 array in sk_fastif's convention, ``score = (1/n) g_testᵀ (H + λI)⁻¹ g_train``, positive =
 helpful; entries a method did not score are NaN and listed in ``info["mask"]`` (a boolean
 array, True where scored). ``info["rows"]`` lists the test rows computed when a method is
@@ -111,13 +114,15 @@ def _ours(solver_factory, *, candidates=None, n_jobs=None, curvature="hessian",
         net.module_.load_state_dict(build_module(spec).state_dict())
         lam = spec["damping"]
 
-        def run():
+        def run(batches=None):
             cands = candidates(spec) if candidates is not None else None
             size = {} if batch_size is None else {"batch_size": batch_size}
             expl = InfluenceExplainer(net, solver=solver_factory(lam, spec), candidates=cands,
                                       curvature=curvature, n_jobs=n_jobs, random_state=0,
                                       **size)
             expl.fit(data["X_train"], data["y_train"])
+            if batches is not None:
+                return [expl.influences(X, y) for X, y in batches]
             S = expl.influences(data["X_test"], data["y_test"])
             if cands is None:
                 return _rows(S), {}
@@ -127,8 +132,14 @@ def _ours(solver_factory, *, candidates=None, n_jobs=None, curvature="hessian",
             mask = np.zeros(S.shape, dtype=bool)
             mask[coo.row, coo.col] = True
             return dense, {"mask": mask}
+        run.query_many = candidates is None
         return run
     return setup
+
+
+def n_params(spec) -> int:
+    """The number of parameters of the workload's net."""
+    return sum(p.numel() for p in build_module(spec).parameters())
 
 
 def _solvers():
@@ -141,6 +152,9 @@ def _n_neighbors(spec):
     return NNDescentCandidates(n_neighbors=max(100, spec["n_train"] // 8), random_state=0)
 
 
+method("ours:defaults", "sk_fastif", "solver='auto' at the workload's damping: "
+       "auto_solver(n_params).set_params(damping=λ)")(
+    _ours(lambda lam, spec: _solvers().auto_solver(n_params(spec)).set_params(damping=lam)))
 method("ours:Exact", "sk_fastif", "explicit Hessian, eigendecomposed", _EXPLICIT)(
     _ours(lambda lam, spec: _solvers().Exact(damping=lam)))
 method("ours:CG", "sk_fastif", "default tol=1e-6, max_iter=100")(
@@ -176,13 +190,20 @@ def _pydvl(build, loader_batch=None):
         batch = loader_batch or n
         loader = DataLoader(TensorDataset(Xtr, ytr), batch_size=batch)
 
-        def run():
-            model = build(module, F.cross_entropy, spec["damping"], spec).fit(loader)
-            factors = model.influence_factors(Xte, yte)
+        def scores(model, X, y):
+            factors = model.influence_factors(X, y)
             S = torch.cat([model.influences_from_factors(factors, Xtr[i:i + 5000],
                                                          ytr[i:i + 5000]).detach()
                            for i in range(0, n, 5000)], dim=1)
-            return _rows(S) / n, {}
+            return _rows(S) / n
+
+        def run(batches=None):
+            model = build(module, F.cross_entropy, spec["damping"], spec).fit(loader)
+            if batches is not None:
+                return [scores(model, torch.as_tensor(X), torch.as_tensor(y))
+                        for X, y in batches]
+            return scores(model, Xte, yte), {}
+        run.query_many = True
         return run
     return setup
 
@@ -271,17 +292,24 @@ def _dattri(build, cache_batch=None, train_batch=5000, test_batch=None):
             x, y = batch  # dattri's LiSSA hands the labels back as floats: cast them
             return F.cross_entropy(functional_call(module, params, (x,)), y.long())
 
-        def run():
+        def scores(attributor, X, y):
+            S = attributor.attribute(
+                DataLoader(TensorDataset(Xtr, ytr), batch_size=min(train_batch, n)),
+                DataLoader(TensorDataset(X, y), batch_size=test_batch or len(X)))
+            return _rows(S.detach().T) / n
+
+        def run(batches=None):
             from dattri.task import AttributionTask
 
             task = AttributionTask(loss_func=loss_func, model=module,
                                    checkpoints=module.state_dict())
             attributor = build(task, spec["damping"], spec)
             attributor.cache(DataLoader(TensorDataset(Xtr, ytr), batch_size=cache_batch or n))
-            S = attributor.attribute(
-                DataLoader(TensorDataset(Xtr, ytr), batch_size=min(train_batch, n)),
-                DataLoader(TensorDataset(Xte, yte), batch_size=test_batch or len(Xte)))
-            return _rows(S.detach().T) / n, {}
+            if batches is not None:
+                return [scores(attributor, torch.as_tensor(X), torch.as_tensor(y))
+                        for X, y in batches]
+            return scores(attributor, Xte, yte), {}
+        run.query_many = True
         return run
     return setup
 
@@ -414,10 +442,34 @@ def _floor(spec, data):
     return run
 
 
-def timed(setup, spec, data):
-    """Run a method: ``(scores, info, seconds)``, the time covering ``run()`` only."""
+def timed(setup, spec, data, *, warm_repeats: int = 3, warm_budget: float = 60.0,
+          batches=None):
+    """Run a method: ``(scores, info, times)``, the times covering ``run()`` only.
+
+    ``times["cold"]`` is the first call in the process; ``times["warm"]`` the median of
+    ``warm_repeats`` further calls, made only while the calls so far took less than
+    ``warm_budget`` seconds (None otherwise); ``times["query_many"]`` one ``run(batches=...)``
+    after one warm-up, for a method that supports it and ``batches`` given (None otherwise).
+    """
     run = setup(spec, data)
     t0 = time.perf_counter()
     scores, info = run()
-    seconds = time.perf_counter() - t0
-    return scores, info, seconds * info.get("time_scale", 1.0)
+    scale = info.get("time_scale", 1.0)
+    cold = time.perf_counter() - t0
+    spent, warm = cold, []
+    for _ in range(warm_repeats):
+        if spent >= warm_budget:
+            break
+        t0 = time.perf_counter()
+        run()
+        warm.append(time.perf_counter() - t0)
+        spent += warm[-1]
+    many = None
+    if batches is not None and getattr(run, "query_many", False) and spent < warm_budget:
+        run(batches=batches)
+        t0 = time.perf_counter()
+        run(batches=batches)
+        many = time.perf_counter() - t0
+    times = {"cold": cold * scale, "warm": float(np.median(warm)) * scale if warm else None,
+             "query_many": many}
+    return scores, info, times

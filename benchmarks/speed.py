@@ -1,17 +1,17 @@
 """sk_fastif against the fastest peers in one process: warm, cold, query-many, the defaults.
 
 Workloads (``make_classification``, a tanh MLP trained 20 epochs with Adam by skorch, the
-**Hessian** of the mean cross-entropy at damping 0.05 for every method):
+**Hessian** of the mean cross-entropy at damping 0.05 for every method; the nets of
+``compare.py``'s ``mlp2k`` and ``mlp8k``):
 
 ``2k``
     2,000 training rows, 30 features, 5 classes, 48 hidden units (1,733 parameters), 50 test
     points; 20 epochs.
 ``8k``
     8,000 training rows, 40 features, 10 classes, 96 hidden units (4,906 parameters), 20 test
-    points; 5 epochs. Not run by default: after 5 and after 20 epochs its Hessian has an
-    eigenvalue below -0.05 (-0.064 after 5), so ``H + 0.05 I`` is indefinite (block CG raises
-    ``DivergenceError``, and the reference here refuses it); Adam's weight decay made it more
-    negative. ``--workloads 8k`` runs it up to that check.
+    points; 20 epochs with a cosine learning-rate decay, which ends nearer a minimum: the
+    smallest Hessian eigenvalue is -0.013, so ``H + 0.05 I`` is positive definite (at a fixed
+    rate it was -0.064 after 5 epochs, and the reference refuses an indefinite system).
 
 Methods (each times construct + fit + score, the ``(n_test, n_train)`` matrix):
 
@@ -37,8 +37,8 @@ resident memory over its state before the call (sampled every 2 ms), in a fresh 
 per method. Progress bars are off (``TQDM_DISABLE=1``).
 
 Run with the Python of the peers' environment (see ``compare.py``), on an otherwise idle
-machine: ``python benchmarks/speed.py`` (the ``2k`` workload, about 2 minutes on 2 CPU
-cores); results go to ``benchmarks/results/speed.json`` and ``speed.rst``.
+machine: ``python benchmarks/speed.py`` (both workloads, about 6 minutes on 2 CPU cores);
+results go to ``benchmarks/results/speed.json`` and ``speed.rst``.
 """
 
 from __future__ import annotations
@@ -57,11 +57,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this file is in
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare.py's workloads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = {
-    "2k": dict(n=2000, d=30, c=5, h=48, m=50, epochs=20),
-    "8k": dict(n=8000, d=40, c=10, h=96, m=20, epochs=5),
+    "2k": dict(n=2000, d=30, c=5, h=48, m=50, cosine=False),
+    "8k": dict(n=8000, d=40, c=10, h=96, m=20, cosine=True),
 }
 DAMPING = 0.05
 N_BATCHES = 5
@@ -69,25 +70,16 @@ N_BATCHES = 5
 
 # ============================================================================== the workloads
 def build(name: str) -> dict:
-    """Data, the trained skorch net, and its module (float32)."""
-    from sklearn.datasets import make_classification
-    from skorch import NeuralNetClassifier
-
-    from sk_fastif.toy import TanhMLP
+    """Data, the trained skorch net, and its module (float32): ``compare.py``'s ``mlp2k`` and
+    ``mlp8k`` nets."""
+    from _compare_workloads import train_tabular
 
     w = WORKLOADS[name]
     n, m = w["n"], w["m"]
-    X, y = make_classification(n + N_BATCHES * m, w["d"], n_informative=w["d"] // 2,
-                               n_classes=w["c"], random_state=0)
-    X, y = X.astype(np.float32), y.astype(np.int64)
-    torch.manual_seed(0)
-    net = NeuralNetClassifier(
-        TanhMLP, module__n_in=w["d"], module__n_hidden=w["h"], module__n_out=w["c"],
-        criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam, lr=1e-2,
-        max_epochs=w["epochs"], batch_size=128, train_split=None, verbose=0).fit(X[:n], y[:n])
-    batches = [(X[n + i * m:n + (i + 1) * m], y[n + i * m:n + (i + 1) * m])
-               for i in range(N_BATCHES)]
-    return {"net": net, "X_train": X[:n], "y_train": y[:n], "batches": batches}
+    net, X_train, X_test, y_train, y_test, _ = train_tabular(
+        n, w["d"], w["c"], w["h"], N_BATCHES * m, cosine=w["cosine"])
+    batches = [(X_test[i * m:(i + 1) * m], y_test[i * m:(i + 1) * m]) for i in range(N_BATCHES)]
+    return {"net": net, "X_train": X_train, "y_train": y_train, "batches": batches}
 
 
 def reference(data: dict) -> np.ndarray:
@@ -324,7 +316,8 @@ def report(results: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=["2k"], choices=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS),
+                        choices=list(WORKLOADS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--memory-worker", nargs=2, metavar=("WORKLOAD", "METHOD"))
     args = parser.parse_args(argv)

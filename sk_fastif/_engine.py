@@ -37,6 +37,7 @@ from . import _validation as val
 from ._curvature import CurvatureProducts
 from ._inputs import chunks, samples
 from ._net import NetBridge
+from ._store import DenseGradients, LinearFactors, keep_gradients
 from .neighbors._base import SearchContext
 from .solvers import BaseSolver, SolveResult, auto_solver
 
@@ -47,8 +48,10 @@ logger = logging.getLogger("sk_fastif")
 _QUERIES = ("each", "mean")
 
 #: The training set's per-sample gradients are kept after the first full scoring pass while
-#: they take at most this many bytes (``n_train * n_params * 4`` in float32), so that every
-#: later query scores the training set by one matrix product instead of a gradient pass.
+#: they take at most this many bytes, so that every later query scores the training set by
+#: matrix products instead of a gradient pass. For Linear layers they are kept as factors
+#: (``n_train * (n_in + n_out) * 4`` bytes per layer in float32, see :mod:`sk_fastif._store`),
+#: otherwise dense (``n_train * n_params * 4``).
 TRAIN_GRADIENT_BYTES = 256 * 2**20
 
 
@@ -76,9 +79,10 @@ class Scores:
 
 
 class _KeptGradients:
-    """The training gradients one engine and its copies keep (``G``: None until scored)."""
+    """The training gradients one engine and its copies keep (``store``: None until scored,
+    a :class:`~sk_fastif._store.LinearFactors` or :class:`~sk_fastif._store.DenseGradients`)."""
 
-    G: torch.Tensor | None = None
+    store: LinearFactors | DenseGradients | None = None
 
 
 class _Counted:
@@ -532,12 +536,10 @@ class InfluenceEngine:
                 parts = self._run(_score_rows_unit, self._partitions(self.n_train), S,
                                   desc="scoring")
                 return np.concatenate(parts, axis=1)
-        G = self._kept_gradients(build=rows is None)
-        if G is not None:
+        store = self._kept_gradients(build=rows is None)
+        if store is not None:
             with self._timed("scoring", self.n_train):
-                if rows is not None:
-                    G = G[torch.as_tensor(np.asarray(rows, dtype=np.int64), device=G.device)]
-                return (S.to(G) @ G.T).double().cpu().numpy() / self.n_train
+                return store.dot(S, rows).double().cpu().numpy() / self.n_train
         X, y, index = self._train_rows(rows)
         with self._timed("scoring", len(y)):
             out = np.empty((len(S), len(y)), dtype=np.float64)
@@ -545,22 +547,16 @@ class InfluenceEngine:
                 out[:, sl] = P.cpu().numpy()
         return out / self.n_train
 
-    def _kept_gradients(self, build: bool) -> torch.Tensor | None:
-        """The training gradients kept in memory; computed (checked finite) when ``build``
-        and they fit :data:`TRAIN_GRADIENT_BYTES`, else None."""
+    def _kept_gradients(self, build: bool) -> LinearFactors | DenseGradients | None:
+        """The training gradients kept in memory; computed (checked finite) when ``build`` and
+        they fit :data:`TRAIN_GRADIENT_BYTES`, else None."""
         kept = getattr(self, "_kept", None)
-        if kept is None or kept.G is not None or not build:
-            return None if kept is None else kept.G
-        itemsize = torch.empty((), dtype=self.bridge.dtype).element_size()
-        if self.n_train * self.n_params * itemsize > TRAIN_GRADIENT_BYTES:
-            return None
-        G = torch.empty(self.n_train, self.n_params, dtype=self.bridge.dtype,
-                        device=self.bridge.device)
-        blocks = self._progress(self.iter_gradients(), self.X_train, "training gradients")
-        for sl, block in blocks:
-            G[sl] = block
-        kept.G = G
-        return G
+        if kept is None or kept.store is not None or not build:
+            return None if kept is None else kept.store
+        kept.store = keep_gradients(
+            self.bridge, self.X_train, self.y_train, max_bytes=TRAIN_GRADIENT_BYTES,
+            progress=lambda it: self._progress(it, self.X_train, "training gradients"))
+        return kept.store
 
     def score_data(self, S: torch.Tensor, X, y: torch.Tensor) -> np.ndarray:
         """Scores of points outside the training set, as if they were training points.
@@ -601,15 +597,21 @@ class InfluenceEngine:
         pair_row = order // kc
         values = np.empty(m * kc, dtype=np.float64)
         device = S.device
-        if X is None:
-            Xc, yc, _ = self._train_rows(U)
+        batch = self.bridge.batch_size
+        store = self._kept_gradients(build=False) if X is None else None
+        if store is not None:  # the kept training gradients: read, not recomputed
+            stream = ((sl, store.gradients(U[sl])) for sl in chunks(len(U), batch))
             what = "training point"
         else:
-            index = torch.as_tensor(U, dtype=torch.long)
-            Xc, yc, what = rows_of.take(X, index), y[index.to(y.device)], "point"
-        batch = self.bridge.batch_size
-        for sl, G in self._progress(grads.iter_gradients(self.bridge, Xc, yc), Xc,
-                                    "candidate gradients"):
+            if X is None:
+                Xc, yc, _ = self._train_rows(U)
+                what = "training point"
+            else:
+                index = torch.as_tensor(U, dtype=torch.long)
+                Xc, yc, what = rows_of.take(X, index), y[index.to(y.device)], "point"
+            stream = self._progress(grads.iter_gradients(self.bridge, Xc, yc), Xc,
+                                    "candidate gradients")
+        for sl, G in stream:
             val.check_finite_gradients(G, what=what, rows=U[sl])
             lo, hi = np.searchsorted(pair_u, [sl.start, sl.stop])
             pos, rows, local = order[lo:hi], pair_row[lo:hi], pair_u[lo:hi] - sl.start

@@ -158,7 +158,7 @@ LAYERS = [
     ("sk_fastif._gradients",),
     ("sk_fastif._curvature",),
     ("sk_fastif.solvers",),
-    ("sk_fastif._engine", "sk_fastif.neighbors", "sk_fastif._parallel"),
+    ("sk_fastif._engine", "sk_fastif._store", "sk_fastif.neighbors", "sk_fastif._parallel"),
     ("sk_fastif._ranking", "sk_fastif._explanation"),
     ("sk_fastif._correct", "sk_fastif.metrics", "sk_fastif.plotting"),
     ("sk_fastif._explainer",),
@@ -214,7 +214,7 @@ _ADAPTER_ATTRIBUTES = {"theta", "fixed", "selected", "use_vmap", "use_forward_sc
                        "batch_loss_is_mean", "sample_loss", "mean_loss", "loss_of_output",
                        "iter_gradients", "iter_products"}
 _ADAPTER_ROOMS = ("sk_fastif._net", "sk_fastif._gradients", "sk_fastif._engine",
-                  "sk_fastif._curvature")
+                  "sk_fastif._store", "sk_fastif._curvature")
 
 
 def test_only_the_adapter_engine_and_curvature_read_the_adapters_attributes():

@@ -33,7 +33,8 @@ def tiny(tmp_path_factory):
                                           torch.as_tensor(y[:60])).backward()
         opt.step()
     torch.save(module.state_dict(), d / "state.pt")
-    np.savez(d / "data.npz", X_train=X[:60], y_train=y[:60], X_test=X[60:], y_test=y[60:])
+    np.savez(d / "data.npz", X_train=X[:60], y_train=y[:60], X_test=X[60:], y_test=y[60:],
+             X_many=X[np.arange(50) % 10 + 60], y_many=y[np.arange(50) % 10 + 60])
     spec = {"net": "tiny", "name": "tiny", "arch": {"n_in": 4, "n_hidden": 5, "n_out": 3},
             "damping": 0.05, "n_train": 60, "n_test": 10, "reference": "explicit",
             "spectrum": {"mu_max": 1.0, "mu_min": 0.0}}
@@ -78,6 +79,7 @@ def test_worker_scores_agree_and_failures_are_reported(tiny):
     ok = compare.run_worker("ours:CG", tiny, mem_cap_gib=8, timeout=120)
     assert "error" not in ok, ok.get("error")
     assert ok["seconds"] > 0 and ok["peak_mib"] > 10
+    assert ok["warm_seconds"] > 0 and ok["query_many_seconds"] > 0  # all three columns
     agree = compare.agreement(ok["scores"], R, ok["rows"])
     assert agree["pearson"] > 0.9999 and agree["n_nonfinite"] == 0
     # a method that fails in its process comes back with its error, not dropped
@@ -96,9 +98,19 @@ def test_worker_scores_agree_and_failures_are_reported(tiny):
 def test_rst_report_lists_every_row_and_states_the_ratio(tmp_path):
     report = pytest.importorskip("_compare_report")
     rows = [{"method": "ours:CG", "library": "sk_fastif", "seconds": 0.5, "peak_mib": 400.0,
+             "warm_seconds": 0.25, "query_many_seconds": 1.0,
              "pearson": 0.999, "spearman": 0.99, "top10": 1.0, "note": "tol=1e-4"},
+            {"method": "ours:defaults", "library": "sk_fastif", "seconds": 1.0,
+             "peak_mib": 300.0, "warm_seconds": 0.5, "query_many_seconds": 2.0,
+             "pearson": 0.995, "spearman": 0.99, "top10": 1.0, "note": ""},
+            {"method": "ours:inexact", "library": "sk_fastif", "seconds": 0.01,
+             "peak_mib": 300.0, "warm_seconds": 0.01, "pearson": 0.9, "note": "too rough"},
             {"method": "peer:CG", "library": "peer", "seconds": 2.0, "peak_mib": 1600.0,
+             "warm_seconds": 1.5, "query_many_seconds": None,
              "pearson": 0.995, "spearman": 0.98, "top10": 0.9, "note": "a | b"},
+            {"method": "peer:fast", "library": "peer", "seconds": 3.0, "peak_mib": 100.0,
+             "warm_seconds": 1.0, "query_many_seconds": 5.0,
+             "pearson": 0.999, "spearman": 0.99, "top10": 0.9, "note": ""},
             {"method": "peer:broken", "library": "peer", "error": "killed: timeout after 5 s",
              "note": ""}]
     result = {"machine": {"cpu_count": 2, "platform": "linux", "python": "3.11",
@@ -111,8 +123,15 @@ def test_rst_report_lists_every_row_and_states_the_ratio(tmp_path):
     borders = [i for i, line in enumerate(lines) if line.startswith("====")]
     assert len(borders) == 3 and len({lines[i] for i in borders}) == 1  # one table
     body = lines[borders[1] + 1:borders[2]]
-    assert [line.split()[0] for line in body] == ["``ours:CG``", "``peer:CG``",
-                                                   "``peer:broken``"]
-    assert "killed: timeout after 5 s" in body[2] and "a / b" in body[1]
-    assert "**4.0x** the time" in text and "**0.25x** the peer's" in text
+    assert [line.split()[0] for line in body] == [
+        "``ours:CG``", "``ours:defaults``", "``ours:inexact``", "``peer:CG``", "``peer:fast``",
+        "``peer:broken``"]
+    assert "killed: timeout after 5 s" in body[5] and "a / b" in body[3]
+    assert body[0].split()[1:4] == ["0.25", "0.50", "1.00"]  # warm, cold, query-many
+    # per column, the fastest of each side at Pearson >= 0.99 (never the inexact row)
+    assert "warm **4.0x** (``ours:CG`` against ``peer:fast``)" in text
+    assert "cold **4.0x** (``ours:CG`` against ``peer:CG``)" in text
+    assert "query-many **5.0x** (``ours:CG`` against ``peer:fast``)" in text
+    assert "Over ``ours:defaults``: warm 2.0x, cold 2.0x, query-many 2.5x." in text
+    assert "**0.25x** the peer's" in text
     assert "torch 2.13.0" in text and "captum" not in text

@@ -261,9 +261,12 @@ def test_training_gradients_are_kept_after_the_first_scoring_pass(digits, digits
     Xtr, ytr = Xtr[:150], ytr[:150]
     expl = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05)).fit(Xtr, ytr)
     engine = expl.engine_
-    assert engine._kept.G is None  # nothing before the first query
+    assert engine._kept.store is None  # nothing before the first query
     first = expl.influences(Xte[:3], yte[:3])
-    G = engine._kept.G
+    store = engine._kept.store
+    assert store.kind == "linear_factors"  # an MLP of Linear layers: kept as factors
+    assert store.nbytes < 0.1 * len(ytr) * engine.n_params * 4
+    G = store.gradients(np.arange(len(ytr)))
     # the kept rows are the per-sample loss gradients, against torch.func on the module
     module = digits_mlp.module_
     params = {k: v.detach() for k, v in module.named_parameters()}
@@ -282,9 +285,9 @@ def test_training_gradients_are_kept_after_the_first_scoring_pass(digits, digits
     monkeypatch.setattr(_engine, "TRAIN_GRADIENT_BYTES", 0)
     streamed = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05)).fit(Xtr, ytr)
     ref = streamed.influences(Xte[:6], yte[:6])
-    assert streamed.engine_._kept.G is None  # over the budget: never kept
+    assert streamed.engine_._kept.store is None  # over the budget: never kept
     scale = np.abs(ref).max()
     np.testing.assert_allclose(np.vstack([first, second]), ref, rtol=1e-5, atol=1e-6 * scale)
     np.testing.assert_allclose(sub, ref[3:6][:, [4, 0, 149]], rtol=1e-5, atol=1e-6 * scale)
     # a pickled engine (what a worker receives) carries no kept gradients
-    assert pickle.loads(pickle.dumps(engine))._kept.G is None
+    assert pickle.loads(pickle.dumps(engine))._kept.store is None

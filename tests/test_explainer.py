@@ -271,7 +271,7 @@ def test_auto_batch_size_chunks_products_by_the_block_and_gives_the_same_scores(
     ref = fixed.influences(Xte[:4], yte[:4])
     np.testing.assert_allclose(auto.influences(Xte[:4], yte[:4]), ref, rtol=1e-4,
                                atol=1e-5 * np.abs(ref).max())
-    # "auto": per-sample work in 128 rows, a block of m products over 2**17 // m rows at once;
+    # "auto": per-sample work in 128 rows, a block of m products over 2**15 // m rows at once;
     # an int is the size of every chunk
     bridge, ints = NetBridge(digits_mlp), NetBridge(digits_mlp, batch_size=50)
     assert [s.stop - s.start for s in bridge.chunks(400)][0] == 128

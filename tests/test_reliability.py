@@ -664,23 +664,32 @@ def _interrupt_and_rerun(small, monkeypatch, method, owner, name, n, solver, bat
     _assert_unchanged(net, snap, "after rerun")
 
 
-def test_interrupted_pass_keeps_no_training_gradients(small, monkeypatch):
+@pytest.mark.parametrize("form", ["linear_factors", "dense"])
+def test_interrupted_pass_keeps_no_training_gradients(small, monkeypatch, form):
+    from sk_fastif import _store
+
     net0, Xtr, ytr, Xte, yte = small
     net = _prepare_users_net(net0, True)
     snap = _snapshot(net)
+    if form == "dense":  # as for a net with other layers than Linear ones
+        def not_linear(bridge):
+            raise ValueError("not Linear")
+        monkeypatch.setattr(_store, "linear_blocks", not_linear)
     e = InfluenceExplainer(net, solver=Exact(damping=0.05), curvature="gauss_newton",
                            batch_size=16).fit(Xtr, ytr)
     reference = InfluenceExplainer(net, solver=Exact(damping=0.05), curvature="gauss_newton",
                                    batch_size=16).fit(Xtr, ytr).influences(Xte[:5], yte[:5])
-    # interrupted in the first scoring pass, which would keep the training gradients
-    _interrupt_on_call(monkeypatch, NetBridge, "per_sample", 3)
-    with pytest.raises(KeyboardInterrupt):
-        e.influences(Xte[:5], yte[:5])
-    assert e.engine_._kept.G is None  # a partial block is never kept
+    # interrupted in the first scoring pass, which would keep the training gradients (the
+    # factors' pass runs the net once per chunk; the dense pass vmaps per-sample gradients)
+    with monkeypatch.context() as m:
+        _interrupt_on_call(m, NetBridge, "batch_output" if form != "dense" else "per_sample", 3)
+        with pytest.raises(KeyboardInterrupt):
+            e.influences(Xte[:5], yte[:5])
+    assert e.engine_._kept.store is None  # a partial block is never kept
     _assert_unchanged(net, snap, "after interrupt")
-    monkeypatch.undo()
+    assert not any(mod._forward_hooks for mod in net.module_.modules())  # no hook left
     np.testing.assert_array_equal(e.influences(Xte[:5], yte[:5]), reference)
-    assert e.engine_._kept.G is not None
+    assert e.engine_._kept.store.kind == form
 
 
 def test_interrupted_fit_leaves_a_consistent_explainer(small, monkeypatch):

@@ -14,6 +14,7 @@ A solver gets products and factors from here; it never touches the net.
 from ._kfac_factors import (
     FactoredCurvature,
     KroneckerFactors,
+    LayerRecorder,
     LinearBlock,
     apply_inverse,
     compute_factors,
@@ -26,6 +27,7 @@ __all__ = [
     "CurvatureProducts",
     "FactoredCurvature",
     "KroneckerFactors",
+    "LayerRecorder",
     "LinearBlock",
     "apply_inverse",
     "compute_factors",

@@ -32,8 +32,8 @@ from torch.func import hessian, vmap
 
 from .._net import VMAP_ERRORS
 
-__all__ = ["FactoredCurvature", "KroneckerFactors", "LinearBlock", "apply_inverse",
-           "compute_factors", "linear_blocks"]
+__all__ = ["FactoredCurvature", "KroneckerFactors", "LayerRecorder", "LinearBlock",
+           "apply_inverse", "compute_factors", "linear_blocks"]
 
 # Squared-gradient products of layers whose inputs have positions are formed by at most this
 # many entries at a time (samples x outputs x inputs).
@@ -139,8 +139,11 @@ def linear_blocks(bridge) -> list[LinearBlock]:
     return blocks
 
 
-class _Recorder:
-    """Forward hooks that keep each layer's input and output for one forward pass."""
+class LayerRecorder:
+    """Forward hooks that keep each Linear layer's input and output for one forward pass.
+
+    A layer applied twice in one pass (shared weights) raises a ValueError.
+    """
 
     def __init__(self, module: torch.nn.Module, blocks: list[LinearBlock]) -> None:
         self.blocks = blocks
@@ -239,7 +242,7 @@ def _passes(bridge, batches: Callable[[], Iterator], blocks: list[LinearBlock],
     ``seed`` gives the same probes in every pass.
     """
     gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-    recorder = _Recorder(bridge.net.module_, blocks)
+    recorder = LayerRecorder(bridge.net.module_, blocks)
     try:
         for X, y in batches():
             B = len(X)

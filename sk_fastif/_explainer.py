@@ -403,8 +403,9 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         """A copy of the net fine-tuned on the points most helpful for the examples it gets wrong.
 
         FastIF's error correction: see :func:`sk_fastif.correct_net` for the options
-        (``n_steps``, ``n_anchors``, ``n_helpful``, ``lr``, ``strategy``, ``refresh``,
-        ``X_pool``/``y_pool``, ``X_val``/``y_val``, ``random_state``) and the result, a deep
+        (``n_steps``, ``n_anchors``, ``n_helpful``, ``lr``, ``strategy``, ``refresh``, ``X_pool``/
+        ``y_pool``, ``X_val``/``y_val``, ``n_replay``, ``X_rest``/``y_rest``, ``max_rest_drop``,
+        ``random_state``) and the result, a deep
         copy of :attr:`fitted_estimator_` carrying ``correction_history_`` and
         ``correction_step_``. Neither the user's estimator nor this explainer is modified.
         """

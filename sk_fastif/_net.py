@@ -511,7 +511,7 @@ class _LossModule(torch.nn.Module):
 # batch_size="auto": rows per chunk of per-sample work, and (row, vector) pairs per chunk of a
 # block of curvature products (2**15: 655 rows for 50 vectors). Measured on a 30-48-5 tanh MLP
 # over 2,000 rows (benchmarks/speed.py's 2k workload): a one-shot call's peak memory grew by
-# 312 MiB at 2**17, 77 MiB at 2**15 and 56 MiB at 2**13, for 0.45, 0.48 and 0.69 s.
+# 312 MiB at 2**17, 77 MiB at 2**15 and 56 MiB at 2**13, for 0.45, 0.48 and 0.69 s (busy machine).
 AUTO_BATCH_SIZE = 128
 AUTO_ROW_VECTORS = 2**15
 

@@ -6,6 +6,8 @@ Everything here is built from what scikit-learn ships or generates, so it runs o
 * :func:`make_classification_split`: a synthetic ``make_classification`` problem, split in two;
 * :func:`flip_labels`: plant label noise, returning which labels were flipped;
 * :func:`make_shortcut_digits`: digits with a planted shortcut, and a challenge split breaking it;
+* :func:`make_group_shift`: a tabular task whose test set holds a group the training set
+  under-teaches (a spurious feature, or a minority group), with the group marked;
 * :func:`make_premise_hypothesis`: a premise/hypothesis task with a lexical-overlap shortcut.
 
 Every splitter returns ``X_train, X_test, y_train, y_test``, the order of
@@ -33,6 +35,7 @@ __all__ = [
     "flip_labels",
     "load_digits_split",
     "make_classification_split",
+    "make_group_shift",
     "make_noisy_labels",
     "make_premise_hypothesis",
     "make_shortcut_digits",
@@ -394,6 +397,95 @@ def make_shortcut_digits(
         images[np.arange(len(images)), SHORTCUT_PIXELS[marker]] = 1.0
         out.append(images)
     return out[0], out[1], y, y_ch
+
+
+def make_group_shift(
+    kind: str = "spurious",
+    *,
+    n_train: int = 1000,
+    n_test: int = 1000,
+    rate: float = 0.05,
+    n_features: int = 6,
+    random_state=0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A binary tabular task whose test set holds a group the training set under-teaches.
+
+    Two kinds of shortcut, each with the group a net trained on the training split fails on
+    marked (``group_train``, ``group_test``):
+
+    * ``"spurious"``: the features of :func:`~sklearn.datasets.make_classification` (two
+      clusters per class, 5% of the labels flipped) plus a last, **spurious** feature, ``+1``
+      or ``-1`` with a little noise, that names the label in all but ``rate`` of the training
+      rows and is a fair coin at test. The group is the rows whose spurious feature contradicts
+      their label (``rate`` of the training split, about half of the test split): a net that
+      leans on the feature gets them wrong.
+    * ``"minority"``: two populations drawn by two ``make_classification`` generators (their
+      own clusters and labelling rules), told apart by a last **group** feature (0 or 1). The
+      minority population is ``rate`` of the training rows and half of the test rows; the group
+      is the minority rows.
+
+    Parameters
+    ----------
+    kind : {"spurious", "minority"}, default="spurious"
+        The kind of shortcut.
+    n_train, n_test : int, default=1000
+        Numbers of training and test rows.
+    rate : float, default=0.05
+        The group's fraction of the training rows, in (0, 0.5).
+    n_features : int, default=6
+        Number of informative features (the spurious or group feature comes on top).
+    random_state : int, RandomState instance or None, default=0
+        Seed of the generators and of the spurious feature.
+
+    Returns
+    -------
+    X_train : ndarray of shape (n_train, n_features + 1), dtype float32
+    X_test : ndarray of shape (n_test, n_features + 1), dtype float32
+    y_train : ndarray of shape (n_train,), dtype int64
+    y_test : ndarray of shape (n_test,), dtype int64
+    group_train : ndarray of shape (n_train,), dtype bool
+    group_test : ndarray of shape (n_test,), dtype bool
+        Whether each row belongs to the group (see above).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_fastif.datasets import make_group_shift
+    >>> X_tr, X_te, y_tr, y_te, g_tr, g_te = make_group_shift(n_train=400, n_test=400)
+    >>> X_tr.shape, round(float(g_tr.mean()), 2), bool(0.4 < g_te.mean() < 0.6)
+    ((400, 7), 0.05, True)
+    >>> agrees = lambda X, y: (X[:, -1] > 0) == (y == 1)  # the spurious feature names the label
+    >>> bool(np.all(agrees(X_tr, y_tr) == ~g_tr)), bool(np.all(agrees(X_te, y_te) == ~g_te))
+    (True, True)
+    """
+    if kind not in ("spurious", "minority"):
+        raise ValueError(f'kind must be "spurious" or "minority", got {kind!r}.')
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("n_features", n_features)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 < rate < 0.5:
+        raise ValueError(f"rate must be a number in (0, 0.5), got {rate!r}.")
+    rng = check_random_state(random_state)
+    seeds = rng.randint(np.iinfo(np.int32).max, size=2)
+    n_group = (int(round(rate * n_train)), n_test // 2)  # the group's rows, train and test
+    n = n_train + n_test
+    params = {"n_features": n_features, "n_informative": n_features, "n_redundant": 0,
+              "n_clusters_per_class": 2, "flip_y": 0.05}
+    X, y = make_classification(n_samples=n, random_state=seeds[0], **params)
+    group = np.zeros(n, dtype=bool)
+    rows = (rng.permutation(n_train)[:n_group[0]],
+            n_train + rng.permutation(n_test)[:n_group[1]])
+    group[np.concatenate(rows)] = True
+    if kind == "spurious":
+        sign = np.where(group, 1 - y, y) * 2.0 - 1.0  # contradicts the label in the group
+        extra = sign + 0.1 * rng.randn(n)
+    else:
+        X_min, y_min = make_classification(n_samples=n, random_state=seeds[1], **params)
+        X[group], y[group] = X_min[group], y_min[group]
+        extra = group.astype(np.float64)
+    X = np.column_stack([X, extra]).astype(np.float32)
+    y = y.astype(np.int64)
+    return X[:n_train], X[n_train:], y[:n_train], y[n_train:], group[:n_train], group[n_train:]
 
 
 # token ids of make_premise_hypothesis

@@ -11,7 +11,7 @@ from sklearn.neighbors import NearestNeighbors
 from skorch import NeuralNetClassifier
 
 from sk_fastif import Explanation, InfluenceExplainer
-from sk_fastif.metrics import candidate_recall
+from sk_fastif.metrics import candidate_recall, mislabel_detection_curve
 from sk_fastif.neighbors import ExactCandidates, GradientSketchCandidates
 from sk_fastif.solvers import CG, Exact, LiSSA, SolveResult
 
@@ -444,8 +444,6 @@ def test_detection_curve_counts_the_flips():
 
 
 def test_detection_curve_is_the_metrics_and_crosses_ties_straight():
-    from sk_fastif.metrics import mislabel_detection_curve
-
     scores = np.array([0.5, 0.5, 0.9, 0.5, 0.1])  # three tied points
     flipped = np.array([0, 4])
     disp = SelfInfluenceDisplay.from_scores(scores, flipped)
@@ -465,6 +463,40 @@ def test_self_influence_from_explainer_ranks_by_self_influence(linear):
     order = np.argsort(-expl.self_influence())
     found = np.cumsum(np.isin(order, flipped)) / 3
     np.testing.assert_allclose(disp.lines_["self-influence"].get_ydata()[1:], found)
+
+
+def test_self_influence_from_explainer_draws_the_training_loss_baseline(linear):
+    net, X, y = linear
+    expl = InfluenceExplainer(net, solver=Exact(damping=1e-2)).fit(X, y)
+    flipped = np.array([0, 7, 9])
+    mask = np.isin(np.arange(len(y)), flipped)
+    disp = SelfInfluenceDisplay.from_explainer(expl, flipped, baseline_scores="loss")
+    assert list(disp.lines_) == ["self-influence", "training loss"]
+    # the cross-entropy of each training point at its own label, computed here independently
+    loss = -np.log(net.predict_proba(X)[np.arange(len(y)), y])
+    inspected, found, _ = mislabel_detection_curve(loss, mask)
+    np.testing.assert_allclose(disp.lines_["training loss"].get_xdata(), inspected)
+    np.testing.assert_allclose(disp.lines_["training loss"].get_ydata(), found)
+    assert not np.allclose(disp.lines_["training loss"].get_ydata(),
+                           disp.lines_["self-influence"].get_ydata())  # two rankings, not one
+    # "loss" inside a mapping, beside given scores; on other points, at their given labels
+    other = np.arange(len(y), dtype=float)
+    both = SelfInfluenceDisplay.from_explainer(expl, flipped,
+                                               baseline_scores={"loss": "loss", "index": other})
+    np.testing.assert_allclose(both.lines_["loss"].get_ydata(), found)
+    np.testing.assert_allclose(both.lines_["index"].get_ydata(),
+                               mislabel_detection_curve(other, mask)[1])
+    y_wrong = 1 - y[:10]
+    part = SelfInfluenceDisplay.from_explainer(expl, [0, 1], X[:10], y_wrong,
+                                               baseline_scores="loss")
+    loss_wrong = -np.log(net.predict_proba(X[:10])[np.arange(10), y_wrong])
+    np.testing.assert_allclose(part.lines_["training loss"].get_ydata(),
+                               mislabel_detection_curve(loss_wrong, np.isin(np.arange(10),
+                                                                            [0, 1]))[1])
+    with pytest.raises(ValueError, match='must be "loss"'):
+        SelfInfluenceDisplay.from_explainer(expl, flipped, baseline_scores="margin")
+    with pytest.raises(ValueError, match='must be "loss"'):
+        SelfInfluenceDisplay.from_explainer(expl, flipped, baseline_scores={"m": "margin"})
 
 
 # ---------------------------------------------------------------------------- CorrectionDisplay

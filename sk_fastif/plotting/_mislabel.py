@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 
 from ..metrics import mislabel_detection_curve
 from ._base import BASELINE_COLOR, DisplayAxesMixin, check_1d, import_pyplot
@@ -40,6 +41,23 @@ def detection_curve(scores, flipped) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("flipped marks no point: there is nothing to find.")
     inspected, found, _ = mislabel_detection_curve(scores, flipped)
     return inspected, found
+
+
+def point_losses(explainer, X=None, y=None) -> np.ndarray:
+    """The fitted net's loss on each point, at the labels ``self_influence(X, y)`` uses.
+
+    ``X=None``: the training set with its labels; ``y=None``: a classifier's predicted labels.
+    """
+    if X is None:
+        if y is not None:
+            raise ValueError("y given without X: pass both, or neither for the training set.")
+        engine = explainer.engine_
+        Xt, yt = engine.X_train, engine.y_train
+    else:
+        Xt, yt = explainer.as_engine_input(X, y)
+    with torch.no_grad():
+        losses = explainer.engine_.losses(Xt, yt)
+    return losses.detach().double().cpu().numpy()
 
 
 class SelfInfluenceDisplay(DisplayAxesMixin):
@@ -125,6 +143,9 @@ class SelfInfluenceDisplay(DisplayAxesMixin):
                        ax=None) -> SelfInfluenceDisplay:
         """Rank the training set by the explainer's self-influence and draw the curve.
 
+        ``baseline_scores="loss"`` draws the ranking by the training loss beside it (the net's
+        criterion on each point, highest first), the strong baseline of mislabel detection.
+
         Parameters
         ----------
         explainer : InfluenceExplainer
@@ -134,8 +155,10 @@ class SelfInfluenceDisplay(DisplayAxesMixin):
         X, y : array-like, default=None
             Points to score, as in :meth:`InfluenceExplainer.self_influence` (None: the training
             set).
-        baseline_scores : array-like or mapping of str to array-like, default=None
-            Other rankings to compare with.
+        baseline_scores : "loss", array-like or mapping of str to array-like, default=None
+            Other rankings to compare with (highest first). ``"loss"``: the per-point loss of
+            the fitted net (its criterion, at the labels self-influence is computed with),
+            drawn as ``"training loss"``; a mapping may also give ``"loss"`` as a value.
         ax : matplotlib Axes, default=None
 
         Returns
@@ -160,8 +183,30 @@ class SelfInfluenceDisplay(DisplayAxesMixin):
         >>> found = disp.lines_["self-influence"].get_ydata()
         >>> float(found[12])  # the flipped labels found in the top 20% (random order: 0.2)
         0.8333333333333334
+        >>> disp = SelfInfluenceDisplay.from_explainer(expl, flipped, baseline_scores="loss")
+        >>> sorted(disp.lines_)
+        ['self-influence', 'training loss']
         """
         scores = explainer.self_influence(X, y)
+        if isinstance(baseline_scores, str):
+            if baseline_scores != "loss":
+                raise ValueError(f'baseline_scores must be "loss", scores or a mapping of them; '
+                                 f"got {baseline_scores!r}.")
+            baseline_scores = {"training loss": "loss"}
+        if isinstance(baseline_scores, Mapping) and any(
+                isinstance(v, str) for v in baseline_scores.values()):
+            losses = None
+            resolved = {}
+            for other, values in baseline_scores.items():
+                if isinstance(values, str):
+                    if values != "loss":
+                        raise ValueError(f'a baseline given by name must be "loss"; got '
+                                         f"{values!r} for {other!r}.")
+                    if losses is None:
+                        losses = point_losses(explainer, X, y)
+                    values = losses
+                resolved[other] = values
+            baseline_scores = resolved
         return cls.from_scores(scores, flipped, baseline_scores=baseline_scores, ax=ax)
 
     def plot(self, ax=None) -> SelfInfluenceDisplay:

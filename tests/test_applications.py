@@ -149,12 +149,17 @@ def test_correct_takes_sgd_steps_on_the_pool_points_only(linear):
                                                 query="mean")[0])[:5]
     assert sorted(chosen.tolist()) == sorted(want_idx.tolist())
     # the step is one SGD step on the mean loss of those pool points, nothing else
+    _assert_one_sgd_step(net, fixed, X_pool[chosen], y_pool[chosen], lr=0.3)
+
+
+def _assert_one_sgd_step(net, fixed, inputs, targets, lr):
+    """``fixed``'s module is ``net``'s after one SGD step on the mean loss of the points."""
     manual = copy.deepcopy(net.module_)
-    out = manual(torch.as_tensor(X_pool[chosen]))
-    torch.nn.functional.cross_entropy(out, torch.as_tensor(y_pool[chosen])).backward()
+    torch.nn.functional.cross_entropy(manual(torch.as_tensor(inputs)),
+                                      torch.as_tensor(targets)).backward()
     with torch.no_grad():
         for p in manual.parameters():
-            p -= 0.3 * p.grad
+            p -= lr * p.grad
     for v, p in zip(fixed.module_.state_dict().values(), manual.state_dict().values()):
         torch.testing.assert_close(v, p, rtol=1e-10, atol=1e-12)
 
@@ -169,16 +174,8 @@ def test_correct_steps_on_the_replay_too(linear):
     chosen, replay = entry["indices"], entry["replay"]
     assert len(replay) == 7 and len(set(replay.tolist())) == 7 and replay.max() < len(y)
     # one SGD step on the mean loss of the pool points and the replayed training rows
-    manual = copy.deepcopy(net.module_)
-    inputs = np.concatenate([X_pool[chosen], X[replay]])
-    targets = np.concatenate([y_pool[chosen], y[replay]])
-    torch.nn.functional.cross_entropy(manual(torch.as_tensor(inputs)),
-                                      torch.as_tensor(targets)).backward()
-    with torch.no_grad():
-        for p in manual.parameters():
-            p -= 0.3 * p.grad
-    for v, p in zip(fixed.module_.state_dict().values(), manual.state_dict().values()):
-        torch.testing.assert_close(v, p, rtol=1e-10, atol=1e-12)
+    _assert_one_sgd_step(net, fixed, np.concatenate([X_pool[chosen], X[replay]]),
+                         np.concatenate([y_pool[chosen], y[replay]]), lr=0.3)
 
 
 def test_correct_strategies_see_the_same_anchors_and_replay(linear):

@@ -48,9 +48,11 @@ disp = SelfInfluenceDisplay.from_explainer(explainer, flipped, baseline_scores="
 is_flipped = np.isin(np.arange(len(y)), flipped)  # the mask mislabel_detection_curve takes
 rankings = {"self-influence": explainer.self_influence(),
             "training loss": -np.log(net.predict_proba(X)[np.arange(len(X)), y_noisy])}
+found_in_top = {}  # ranking -> {fraction inspected: fraction of the flips found}
 for name, scores in rankings.items():
     inspected, found, auc = mislabel_detection_curve(scores, is_flipped)
-    top10, top20 = (float(np.interp(f, inspected, found)) for f in (0.1, 0.2))
+    found_in_top[name] = {f: float(np.interp(f, inspected, found)) for f in (0.1, 0.2)}
+    top10, top20 = found_in_top[name][0.1], found_in_top[name][0.2]
     print(f"{name:>15}: {top10:.0%} of the flips in the top 10%, {top20:.0%} in the top 20%, "
           f"AUC {auc:.3f}")
     disp.lines_[name].set_label(f"{name} (AUC {auc:.2f})")

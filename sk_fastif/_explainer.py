@@ -405,9 +405,8 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         FastIF's error correction: see :func:`sk_fastif.correct_net` for the options
         (``n_steps``, ``n_anchors``, ``n_helpful``, ``lr``, ``strategy``, ``refresh``, ``X_pool``/
         ``y_pool``, ``X_val``/``y_val``, ``n_replay``, ``X_rest``/``y_rest``, ``max_rest_drop``,
-        ``random_state``) and the result, a deep
-        copy of :attr:`fitted_estimator_` carrying ``correction_history_`` and
-        ``correction_step_``. Neither the user's estimator nor this explainer is modified.
+        ``random_state``) and the result, a deep copy of :attr:`fitted_estimator_` carrying
+        ``correction_history_``, ``correction_step_``; the user's estimator and this stay as-is.
         """
         self._check_fitted()
         return correct_net(self, X, y, **options)

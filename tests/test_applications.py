@@ -408,7 +408,7 @@ def test_shortcut_digits_plant_the_shortcut():
     ("plot_correct_shortcut.py",
      lambda ns: ns["from_group"]["helpful"] > 3 * ns["from_group"]["random"]
      and ns["accuracy"]["helpful"][0] > ns["accuracy"]["random"][0]),
-    ("plot_mislabels.py", lambda ns: ns["found"]["self-influence"][0.2] > 0.5),
+    ("plot_mislabels.py", lambda ns: ns["found_in_top"]["self-influence"][0.2] > 0.5),
     ("plot_step_test.py", lambda ns: ns["result"].helpful.mean() < ns["result"].harmful.mean()),
 ])
 def test_gallery_examples_run(monkeypatch, name, check):

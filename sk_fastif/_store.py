@@ -116,13 +116,18 @@ class LinearFactors:
         return sum(int(f.output_grads.nbytes) + (0 if f.inputs is None else int(f.inputs.nbytes))
                    for f in self.layers)
 
-    def dot(self, S: torch.Tensor, rows=None) -> torch.Tensor:
-        """``S @ G[rows]ᵀ`` (None: every row), shape ``(len(S), n)``, without forming ``G``."""
+    def _selection(self, rows) -> tuple[torch.Tensor | slice, int, torch.Tensor]:
+        """The index of ``rows`` (None: all), how many rows it selects, and a factor tensor
+        (whose dtype and device every result takes)."""
         first = self.layers[0].output_grads
         index = _index(rows, self.n_rows, first.device)
+        return index, self.n_rows if rows is None else len(index), first
+
+    def dot(self, S: torch.Tensor, rows=None) -> torch.Tensor:
+        """``S @ G[rows]ᵀ`` (None: every row), shape ``(len(S), n)``, without forming ``G``."""
+        index, n, first = self._selection(rows)
         S = S.to(first)
         m = S.shape[0]
-        n = self.n_rows if rows is None else len(index)
         out = torch.zeros(m, n, dtype=first.dtype, device=first.device)
         for f in self.layers:
             b = f.block
@@ -154,16 +159,14 @@ class LinearFactors:
 
     def gradients(self, rows) -> torch.Tensor:
         """The dense gradients of ``rows``, shape ``(len(rows), n_params)`` (outer products)."""
-        first = self.layers[0].output_grads
-        index = _index(rows, self.n_rows, first.device)
-        D0 = first[index]
-        G = torch.empty(D0.shape[0], self.n_params, dtype=first.dtype, device=first.device)
+        index, n, first = self._selection(rows)
+        G = torch.empty(n, self.n_params, dtype=first.dtype, device=first.device)
         for f in self.layers:
             b = f.block
             D = f.output_grads[index]
             if b.weight is not None:
                 G[:, b.weight[0]:b.weight[1]] = (D[:, :, None] * f.inputs[index][:, None, :]
-                                                 ).reshape(len(D), -1)
+                                                 ).reshape(n, -1)
             if b.bias is not None:
                 G[:, b.bias[0]:b.bias[1]] = D
         return G

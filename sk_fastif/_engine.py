@@ -170,16 +170,16 @@ class InfluenceEngine:
 
         ``solver="auto"`` is :func:`~sk_fastif.solvers.auto_solver` for the parameters selected.
 
-        Checks that the net's loss is finite on every training point and whether its batch
-        loss is the mean of the per-sample losses (then curvature products use it).
+        Checks whether the net's batch loss is the mean of the per-sample losses (then
+        curvature products use it) and that its loss is finite on every training point.
         """
         bridge = NetBridge(net, params, batch_size)
         if isinstance(solver, str):
             if solver != "auto":
                 raise ValueError(f'solver must be a solver or "auto", got {solver!r}.')
             solver = auto_solver(bridge.n_params)
-        val.check_finite_training_loss(bridge, X_train, y_train)
         bridge.check_batch_loss_is_mean(X_train, y_train)
+        val.check_finite_training_loss(bridge, X_train, y_train)
         return cls(bridge, curvature, X_train, y_train, solver, verbose=verbose)
 
     # ------------------------------------------------------------------------- state

@@ -41,8 +41,9 @@ from ._net import VMAP_ERRORS, NetBridge
 __all__ = ["FORWARD_AD_LOCK", "FORWARD_MAX_VECTORS", "forward_products", "gradients",
            "iter_gradients", "iter_products"]
 
-# torch.func.jvp enters a process-wide forward-AD level: two threads computing forward-mode
-# products at once break each other's (the threading backend of joblib runs workers as threads)
+# torch.func.jvp enters a process-wide forward-AD level, and the transforms' levels are shared:
+# two threads computing forward-mode products, or Hessian products (vjp of grad under vmap), at
+# once break each other's (the threading backend of joblib runs workers as threads)
 FORWARD_AD_LOCK = threading.Lock()
 
 #: Products ``S @ G.T`` with at most this many rows of ``S`` are computed by forward mode

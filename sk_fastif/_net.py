@@ -636,11 +636,7 @@ class NetBridge:
             except (RuntimeError, ValueError, TypeError):
                 return
         if not bool(torch.isfinite(per_sample)):
-            raise ValueError(
-                "The net's loss is not finite on the training data (first rows). A common cause "
-                "is NeuralNetClassifier's default NLLLoss on a module that returns logits: use "
-                "criterion=torch.nn.CrossEntropyLoss or end the module with a softmax."
-            )
+            return  # check_finite_training_loss names the rows
         self.batch_loss_is_mean = bool(
             torch.allclose(whole, per_sample, rtol=1e-5, atol=1e-7 * float(per_sample.abs()))
         )
@@ -693,6 +689,11 @@ class NetBridge:
         if self.auto_chunks and width is not None:
             size = max(size, AUTO_ROW_VECTORS // max(1, int(width)))
         return rows_of.chunks(n, size)
+
+    def pass_chunks(self, n: int) -> Iterator[slice]:
+        """Slices of ``range(n)`` for one forward (and backward) pass with no per-sample work:
+        ``batch_size`` rows, or ``AUTO_ROW_VECTORS // 32`` with ``batch_size="auto"``."""
+        return self.chunks(n, width=32)
 
     def on_device(self, X, y: torch.Tensor, rows) -> tuple:
         """Rows ``rows`` (a slice or indices) of ``(X, y)``, on the net's device."""

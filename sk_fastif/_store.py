@@ -241,7 +241,7 @@ def _factor_pass(bridge, X, y: torch.Tensor, progress: Callable[[Iterator], Iter
                 for b in blocks]
     kept = LinearFactors([LinearFactor(b, a, d) for b, a, d in zip(blocks, inputs, outgrads)],
                          bridge.n_params)
-    for sl in progress(bridge.chunks(n)):
+    for sl in progress(bridge.pass_chunks(n)):
         Xb, yb = bridge.on_device(X, y, sl)
         parts = []
         for i, (a, d) in enumerate(_chunk_factors(bridge, blocks, Xb, yb)):

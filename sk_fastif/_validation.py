@@ -82,7 +82,18 @@ def check_finite_scores(values: np.ndarray) -> None:
 
 
 def check_finite_training_loss(bridge, Xt: torch.Tensor, yt: torch.Tensor) -> None:
-    """One forward pass over the training set at ``fit``: every per-sample loss must be finite."""
+    """One forward pass over the training set at ``fit``: every per-sample loss must be finite.
+
+    When the net's batch loss is the mean of its per-sample losses (see
+    ``NetBridge.check_batch_loss_is_mean``), a finite batch loss per chunk of rows shows it;
+    per-sample losses are computed only to name the rows otherwise.
+    """
+    if getattr(bridge, "batch_loss_is_mean", False):
+        with bridge.modes(), torch.no_grad():
+            if all(bool(torch.isfinite(bridge.batch_loss(bridge.theta,
+                                                         *bridge.on_device(Xt, yt, sl))))
+                   for sl in bridge.pass_chunks(len(yt))):
+                return
     losses = bridge.losses(Xt, yt)
     bad = ~torch.isfinite(losses)
     if bool(bad.any()):

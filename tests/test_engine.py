@@ -29,9 +29,9 @@ def _count_products(monkeypatch):
     calls = {"n": 0}
     original = CurvatureProducts.product
 
-    def counting(self, V, X, y):
+    def counting(self, V, X, y, **kw):
         calls["n"] += V.shape[0]
-        return original(self, V, X, y)
+        return original(self, V, X, y, **kw)
 
     monkeypatch.setattr(CurvatureProducts, "product", counting)
     return calls
@@ -291,3 +291,70 @@ def test_training_gradients_are_kept_after_the_first_scoring_pass(digits, digits
     np.testing.assert_allclose(sub, ref[3:6][:, [4, 0, 149]], rtol=1e-5, atol=1e-6 * scale)
     # a pickled engine (what a worker receives) carries no kept gradients
     assert pickle.loads(pickle.dumps(engine))._kept.store is None
+
+
+# ============================================================ kept first-order graphs (Hessian)
+def _explicit_hessian(bridge, X, y):
+    from torch.func import hessian
+
+    with bridge.modes():
+        return hessian(lambda t: bridge.mean_loss(t, X, y))(bridge.theta.detach())
+
+
+@pytest.fixture(scope="module")
+def hessian_engine(digits, digits_mlp):
+    Xtr, ytr, _, _ = digits
+    # 7 rows per chunk: 9 chunks of the 60 training rows
+    expl = InfluenceExplainer(digits_mlp, solver=Exact(damping=0.05), params=["output"],
+                              curvature="hessian", batch_size=7).fit(Xtr[:60], ytr[:60])
+    e = expl.engine_
+    return e, _explicit_hessian(e.bridge, e.X_train, e.y_train)
+
+
+def _graphs(op):
+    return op.matvec.keywords["graphs"]._graphs()
+
+
+def test_kept_graphs_give_the_explicit_hessian_products(hessian_engine):
+    e, H = hessian_engine
+    op = e.products.operator(e.X_train, e.y_train)
+    V = torch.randn(5, e.n_params, generator=torch.Generator().manual_seed(0), dtype=op.dtype)
+    first = op.matvec(V)  # builds and keeps each chunk's graph
+    assert len(_graphs(op)) == 9
+    second = op.matvec(V[:3])  # from the kept graphs, another width
+    for got, rows in ((first, V), (second, V[:3])):
+        np.testing.assert_allclose(got.numpy(), (rows @ H.T).numpy(), rtol=1e-4,
+                                   atol=1e-6 * float(H.abs().max()))
+
+
+def test_kept_graphs_stay_within_their_budget(hessian_engine, monkeypatch):
+    from sk_fastif._curvature import _products
+
+    e, H = hessian_engine
+    op = e.products.operator(e.X_train, e.y_train)
+    per_row = e.products._graph_bytes(e.X_train, e.y_train)
+    assert 0 < per_row < float("inf")
+    monkeypatch.setattr(_products, "GRAPH_CACHE_BYTES", int(per_row * 7 * 3.5))
+    V = torch.eye(e.n_params, dtype=op.dtype)[:4]
+    for _ in range(2):  # kept for the first 3 chunks, rebuilt for the others each time
+        np.testing.assert_allclose(op.matvec(V).numpy(), H[:4].numpy(), rtol=1e-4,
+                                   atol=1e-6 * float(H.abs().max()))
+        assert sorted(_graphs(op)) == [0, 1, 2]
+
+
+def test_kept_graphs_are_per_thread_and_never_pickled(hessian_engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    e, H = hessian_engine
+    op = e.products.operator(e.X_train, e.y_train)
+    V = torch.eye(e.n_params, dtype=op.dtype)[:6]
+    op.matvec(V[:1])
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda i: (op.matvec(V[2 * i:2 * i + 2]), len(_graphs(op))),
+                                range(3)))
+    for i, (got, n_kept) in enumerate(results):
+        assert n_kept == 9  # each thread built its own
+        np.testing.assert_allclose(got.numpy(), H[2 * i:2 * i + 2].numpy(), rtol=1e-4,
+                                   atol=1e-6 * float(H.abs().max()))
+    copy = pickle.loads(pickle.dumps(op.matvec.keywords["graphs"]))
+    assert copy._graphs() == {}

@@ -57,9 +57,9 @@ def expl(small):
         Xtr, ytr)
 
 
-def _with(X, value):
+def _with(X, value, row=0):
     X = np.array(X, dtype=np.float64)
-    X[0, 1] = value
+    X[row, 1] = value
     return X
 
 
@@ -232,6 +232,9 @@ def test_non_finite_loss_from_extreme_values_is_reported(ridge_net):
     net32.module_.float()
     with pytest.raises(ValueError, match=r"loss is not finite on 1 training sample\(s\).*\[0\]"):
         InfluenceExplainer(net32, solver=Exact()).fit(_with(X, 1e30), y)
+    # past the first rows, where the check goes by the batch loss of each chunk
+    with pytest.raises(ValueError, match=r"loss is not finite on 1 training sample\(s\).*\[37\]"):
+        InfluenceExplainer(net32, solver=Exact()).fit(_with(X, 1e30, row=37), y)
     e = InfluenceExplainer(net32, solver=Exact()).fit(X, y)
     with pytest.raises(ValueError, match=r"loss gradient of 1 test point\(s\).*not finite"):
         e.influences(_with(X[:3], 1e25), y[:3])
@@ -715,7 +718,7 @@ def test_interrupted_fit_leaves_a_consistent_explainer(small, monkeypatch):
 def test_interrupted_first_fit_is_not_fitted(small, monkeypatch):
     net, Xtr, ytr, Xte, _ = small
     e = InfluenceExplainer(net, solver=Exact(damping=0.05))
-    _interrupt_on_call(monkeypatch, NetBridge, "losses", 1)  # before the solver exists
+    _interrupt_on_call(monkeypatch, NetBridge, "check_batch_loss_is_mean", 1)  # before the solver
     with pytest.raises(KeyboardInterrupt):
         e.fit(Xtr, ytr)
     with pytest.raises(NotFittedError):

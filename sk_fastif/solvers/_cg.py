@@ -293,7 +293,7 @@ class CG(BaseSolver):
             HP = op.matvec(P.to(op.dtype)).to(wd)
             AP = HP + damping * P
             n_hvp += P.shape[0]
-            if space is not None and len(space) < space.capacity:  # room to keep them
+            if space is not None and space.has_room():  # room to keep them
                 searched.append((P, HP))
             PAP = P @ AP.T
             PAP = 0.5 * (PAP + PAP.T)

@@ -45,56 +45,87 @@ class RecycledSpace:
 
     Notes
     -----
-    Thread-safe: a solve takes a snapshot (:meth:`snapshot`), and :meth:`extend` replaces the
-    tensors under a lock rather than writing into them. Not pickled (see ``CG.__getstate__``).
+    Thread-safe: a solve takes a snapshot (:meth:`snapshot`), and the directions handed over by
+    :meth:`extend` replace the tensors under a lock rather than writing into them. Not pickled
+    (see ``CG.__getstate__``).
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
         self._lock = threading.Lock()
         self._state: tuple | None = None  # (Q, HQ, T), float64
+        # directions handed over by solves, orthonormalised only when a later solve (or
+        # len()) needs them: a one-shot call never pays for keeping them
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __len__(self) -> int:
+        self._absorb()
         state = self._state
         return 0 if state is None else int(state[0].shape[0])
 
+    def has_room(self) -> bool:
+        """Whether directions handed over now may still be kept (without absorbing them)."""
+        state = self._state
+        return (0 if state is None else state[0].shape[0]) < self.capacity
+
     def snapshot(self, damping: float, like: torch.Tensor) -> _Projection | None:
         """The projection onto the current space at ``damping`` (None while it is empty)."""
+        self._absorb()
         state = self._state
         if state is None or state[0].device != like.device or state[0].dtype != like.dtype:
             return None
         return _Projection(*state, damping)
 
     def extend(self, N: torch.Tensor, HN: torch.Tensor) -> None:
-        """Add the directions ``N`` (rows) with their products ``HN``, up to ``capacity``."""
+        """Add the directions ``N`` (rows) with their products ``HN``, up to ``capacity``.
+
+        They are orthonormalised against the kept ones when next needed, in the order given.
+        """
+        if N.shape[0] == 0:
+            return
         with self._lock:
-            state = self._state
-            room = self.capacity - (0 if state is None else state[0].shape[0])
-            if room <= 0 or N.shape[0] == 0:
-                return
-            if state is not None:
-                Q, HQ, T = state
-                # one Gram-Schmidt pass: Q stays orthonormal to about eps * cond; a start
-                # that is not quite Galerkin only costs iterations, never accuracy (the
-                # residual is computed from X itself)
-                C = N @ Q.T
-                N, HN = N - C @ Q, HN - C @ HQ
-            gram = N @ N.T
-            e, V = torch.linalg.eigh(0.5 * (gram + gram.T))
-            keep = e > e.max().clamp_min(0) * 1e-10
-            order = torch.argsort(e[keep], descending=True)[:room]
-            W = (V[:, keep] / e[keep].sqrt())[:, order]  # N' = Wᵀ N is orthonormal
-            if W.shape[1] == 0:
-                return
-            N, HN = W.T @ N, W.T @ HN
-            T22 = N @ HN.T
-            T22 = 0.5 * (T22 + T22.T)
-            if state is None:
-                self._state = (N, HN, T22)
-                return
-            T12 = Q @ HN.T
-            T = torch.cat([torch.cat([T, T12], 1), torch.cat([T12.T, T22], 1)])
-            self._state = (torch.cat([Q, N]), torch.cat([HQ, HN]), T)
+            self._pending.append((N, HN))
+            if sum(p.shape[0] for p, _ in self._pending) > 2 * self.capacity:
+                self._absorb_locked()
+
+    def _absorb(self) -> None:
+        if self._pending:
+            with self._lock:
+                self._absorb_locked()
+
+    def _absorb_locked(self) -> None:
+        pending, self._pending = self._pending, []
+        for N, HN in pending:
+            self._add(N, HN)
+
+    def _add(self, N: torch.Tensor, HN: torch.Tensor) -> None:
+        state = self._state
+        room = self.capacity - (0 if state is None else state[0].shape[0])
+        if room <= 0 or N.shape[0] == 0:
+            return
+        if state is not None:
+            Q, HQ, T = state
+            # one Gram-Schmidt pass: Q stays orthonormal to about eps * cond; a start
+            # that is not quite Galerkin only costs iterations, never accuracy (the
+            # residual is computed from X itself)
+            C = N @ Q.T
+            N, HN = N - C @ Q, HN - C @ HQ
+        gram = N @ N.T
+        e, V = torch.linalg.eigh(0.5 * (gram + gram.T))
+        keep = e > e.max().clamp_min(0) * 1e-10
+        order = torch.argsort(e[keep], descending=True)[:room]
+        W = (V[:, keep] / e[keep].sqrt())[:, order]  # N' = Wᵀ N is orthonormal
+        if W.shape[1] == 0:
+            return
+        N, HN = W.T @ N, W.T @ HN
+        T22 = N @ HN.T
+        T22 = 0.5 * (T22 + T22.T)
+        if state is None:
+            self._state = (N, HN, T22)
+            return
+        T12 = Q @ HN.T
+        T = torch.cat([torch.cat([T, T12], 1), torch.cat([T12.T, T22], 1)])
+        self._state = (torch.cat([Q, N]), torch.cat([HQ, HN]), T)
 
 
 class _Projection:

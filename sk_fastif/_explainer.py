@@ -76,7 +76,7 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         for any ``λ > 0``; equal to the Hessian for a model linear in its parameters.
         ``"hessian"``: the exact Hessian of the mean training loss (often indefinite for a net).
     batch_size : int or "auto", default="auto"
-        Rows per vectorised chunk (the memory knob); "auto": 128, 2**15 // m for m products.
+        Rows per vectorised chunk (the memory knob); "auto": 2**15 (row, vector) pairs at most.
     n_jobs : int or None, default=None
         joblib workers for the solves, LiSSA's chains, the scoring passes and self-influence:
         ``None`` means 1 unless a :func:`joblib.parallel_config` context says otherwise, ``-1``

@@ -9,9 +9,9 @@ from ._correct import correct_net
 from ._engine import InfluenceEngine, Scores
 from ._explainer import InfluenceExplainer
 from ._explanation import Explanation
-from .exceptions import TrainSplitWarning
+from .exceptions import StoreError, TrainSplitWarning
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Explanation", "InfluenceEngine", "InfluenceExplainer", "Scores",
+__all__ = ["Explanation", "InfluenceEngine", "InfluenceExplainer", "Scores", "StoreError",
            "TrainSplitWarning", "__version__", "correct_net"]

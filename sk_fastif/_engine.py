@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import _gradients as grads
 from . import _inputs as rows_of
+from . import _store as stores
 from . import _validation as val
 from ._curvature import CurvatureProducts
 from ._inputs import chunks, samples
@@ -80,9 +81,20 @@ class Scores:
 
 class _KeptGradients:
     """The training gradients one engine and its copies keep (``store``: None until scored,
-    a :class:`~sk_fastif._store.LinearFactors` or :class:`~sk_fastif._store.DenseGradients`)."""
+    a :class:`~sk_fastif._store.LinearFactors` or :class:`~sk_fastif._store.DenseGradients`).
+
+    ``root`` is the directory of an on-disk store (``memory=``), or None: a pickled or moved
+    engine keeps only that reference, and opens the store again when it first scores.
+    """
 
     store: LinearFactors | DenseGradients | None = None
+    root = None
+
+    def reference(self) -> _KeptGradients:
+        """A new record with this one's on-disk reference only (what travels in a pickle)."""
+        new = _KeptGradients()
+        new.root = self.root
+        return new
 
 
 class _Counted:
@@ -216,7 +228,7 @@ class InfluenceEngine:
         state.pop("op", None)  # partials over the training tensors: rebuilt on loading
         state.pop("products", None)
         state["dispatcher"] = None  # a worker's copy computes where it is
-        state["_kept"] = _KeptGradients()  # a worker scores its own partition
+        state["_kept"] = self._kept.reference()  # a worker scores its own partition
         for name in ("X_train", "y_train"):  # as numpy: joblib memory-maps large arrays
             state[name] = rows_of.to_numpy(state[name])
         return state
@@ -284,7 +296,7 @@ class InfluenceEngine:
         new.bridge = self.bridge.to(device)
         new.solver = copy.deepcopy(self.solver)
         new.dispatcher = None
-        new._kept = _KeptGradients()
+        new._kept = self._kept.reference()
         new._build_operator()
         return new
 
@@ -398,8 +410,9 @@ class InfluenceEngine:
         """``chunks_`` (one per ``batch_size`` rows of X), under a progress bar when verbose."""
         if not self.verbose:
             return chunks_
-        return tqdm(chunks_, total=-(-rows_of.n_rows(X) // self.bridge.batch_size), desc=desc,
-                    leave=False)
+        total = (len(chunks_) if hasattr(chunks_, "__len__")
+                 else -(-rows_of.n_rows(X) // self.bridge.batch_size))
+        return tqdm(chunks_, total=total, desc=desc, leave=False)
 
     def _iter_products(self, S: torch.Tensor, X, y: torch.Tensor, desc: str,
                        rows: np.ndarray | None, what: str = "training point"
@@ -547,10 +560,26 @@ class InfluenceEngine:
                 out[:, sl] = P.cpu().numpy()
         return out / self.n_train
 
+    def use_store(self, memory) -> InfluenceEngine:
+        """Keep the training gradients on disk under ``memory`` (a directory or a
+        ``joblib.Memory``; None: in memory, as needed), in the store of this engine's
+        fingerprint: opened when it is there, else written in one pass over the training set
+        (see :mod:`sk_fastif._store`). Returns self."""
+        root = stores.store_root(memory)
+        if root is not None:
+            self._kept.store = stores.write_store(
+                root, self.fingerprint, self.bridge, self.X_train, self.y_train,
+                progress=lambda it: self._progress(it, self.X_train, "gradient store"))
+            self._kept.root = root
+        return self
+
     def _kept_gradients(self, build: bool) -> LinearFactors | DenseGradients | None:
-        """The training gradients kept in memory; computed (checked finite) when ``build`` and
-        they fit :data:`TRAIN_GRADIENT_BYTES`, else None."""
+        """The training gradients kept in memory or on disk; computed (checked finite) when
+        ``build`` and they fit :data:`TRAIN_GRADIENT_BYTES`, else None."""
         kept = getattr(self, "_kept", None)
+        if kept is not None and kept.store is None and kept.root is not None:
+            kept.store = stores.open_store(kept.root, self.fingerprint, self.bridge,
+                                           self.n_train)
         if kept is None or kept.store is not None or not build:
             return None if kept is None else kept.store
         kept.store = keep_gradients(

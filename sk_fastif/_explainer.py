@@ -7,6 +7,7 @@ pipeline per public method and the wrapping of its results. The computation live
 
 from __future__ import annotations
 
+import os
 import warnings
 from numbers import Integral
 
@@ -27,7 +28,7 @@ from ._inputs import is_dataset
 from ._net import fit_inputs
 from ._parallel import Dispatcher, check_devices
 from ._random import fit_seeds, needs_seed, seed_selector, seed_solver
-from ._sklearn_compat import Interval, StrOptions
+from ._sklearn_compat import HasMethods, Interval, StrOptions
 from .metrics import candidate_recall
 from .neighbors import BaseCandidates, warn_low_recall
 from .solvers import BaseSolver, SolveResult
@@ -85,6 +86,9 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
     devices : list of str or None, default=None
         Devices the workers are bound to, round-robin (e.g. ``["cuda:0", "cuda:1"]``); ``None``
         uses the net's device. A device that does not exist is refused by :meth:`fit`.
+    memory : str, path, joblib.Memory or None, default=None
+        Directory where :meth:`fit` stores the training gradients (reused by fits of the same
+        net, params and data; read in chunks; see :doc:`/scaling`). ``None``: in memory.
     random_state : int, RandomState instance or None, default=None
         :meth:`fit` spawns from it the seeds of a stochastic solver whose own ``random_state``
         is not an integer, of a selector whose own is None, of the audit sample and of an
@@ -142,13 +146,14 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         "n_jobs": [Interval(Integral, None, -1, closed="right"),
                    Interval(Integral, 1, None, closed="left"), None],
         "devices": [list, tuple, str, None],
+        "memory": [str, os.PathLike, HasMethods(["cache"]), None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, estimator, *, solver="auto", candidates=None, params=None,
                  curvature="gauss_newton", batch_size="auto", n_jobs=None, devices=None,
-                 random_state=None, verbose=0):
+                 memory=None, random_state=None, verbose=0):
         self.estimator = estimator
         self.solver = solver
         self.candidates = candidates
@@ -157,10 +162,10 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         self.batch_size = batch_size
         self.n_jobs = n_jobs
         self.devices = devices
+        self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
 
-    # ================================================================================= fitting
     def fit(self, X, y=None):
         """Prepare influence computation for the training data ``(X, y)`` the net learned from.
 
@@ -184,13 +189,12 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         _net.check_train_split(self.net_)
         if not is_dataset(X) and not rows_of.is_dict_input(X):  # feature counts, for arrays
             compat.validate_data(self, X, reset=True, skip_check_array=True)
-
         self._inputs, Xt, yt, self.task_, self.y_train_ = fit_inputs(pre, self.net_, X, y)
         engine = InfluenceEngine.from_net(
             self.net_, Xt, yt, params=self.params, curvature=self.curvature,
             batch_size=self.batch_size, verbose=self.verbose,
             solver=solver if isinstance(solver, str) else seed_solver(clone(solver), seeds))
-        self.solver_ = engine.solver
+        self.solver_ = engine.use_store(self.memory).solver
         try:
             engine.prepare()
         except ValueError as exc:  # an invalid solver setting: say which object holds it
@@ -208,7 +212,6 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         self.candidates_ = selector
         return self
 
-    # ================================================================================== inputs
     def _check_fitted(self):
         check_is_fitted(self, ["engine_", "solver_", "candidates_"])
 
@@ -260,7 +263,6 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         pruned = self.candidates_ is not None
         return val.check_k(k, self.candidates_.n_neighbors if pruned else n_data, pruned=pruned)
 
-    # ============================================================================ computation
     def solve(self, X, y=None, *, query: str = "each") -> SolveResult:
         """Solve for the iHVPs of the test points and return them with the solver's trace.
 
@@ -420,7 +422,6 @@ class InfluenceExplainer(compat.PrefitSharingMixin, MetaEstimatorMixin, BaseEsti
         self._check_fitted()
         return self._last_solve
 
-    # ============================================================================ delegation
     def _delegate(self, method: str, X):
         self._check_fitted()
         Xt, _ = self._inputs.transform(X, self._check_features)  # as the influences see it

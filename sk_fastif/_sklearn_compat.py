@@ -11,6 +11,7 @@ from collections.abc import Callable
 from sklearn.base import BaseEstimator, clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import (
+    HasMethods,
     Interval,
     InvalidParameterError,
     StrOptions,
@@ -23,6 +24,7 @@ from sklearn.utils.validation import validate_data
 
 __all__ = [
     "FrozenEstimator",
+    "HasMethods",
     "Interval",
     "InvalidParameterError",
     "StrOptions",

@@ -11,6 +11,7 @@ __all__ = [
     "LiSSADepthWarning",
     "LowCandidateRecallWarning",
     "ScaleRestartWarning",
+    "StoreError",
     "TrainSplitWarning",
 ]
 
@@ -142,5 +143,21 @@ class LowCandidateRecallWarning(UserWarning):
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("error", LowCandidateRecallWarning)  # audits then raise
     ...     issubclass(LowCandidateRecallWarning, UserWarning)
+    True
+    """
+
+
+class StoreError(ValueError):
+    """Raised when the gradient store in ``memory`` cannot be used by this explainer.
+
+    The store is gone (an unpickled explainer whose directory was deleted), incomplete, of
+    another format version, or was written for another net, parameter selection or training
+    data. A store is never reused when it does not match: the message names the directory to
+    delete.
+
+    Examples
+    --------
+    >>> from sk_fastif.exceptions import StoreError
+    >>> issubclass(StoreError, ValueError)
     True
     """

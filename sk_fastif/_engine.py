@@ -198,6 +198,9 @@ class InfluenceEngine:
     def _build_operator(self) -> None:
         self.products = CurvatureProducts(self.bridge, self.curvature)
         self.op = self.products.operator(self.X_train, self.y_train, self.fingerprint)
+        root = self._kept.root
+        if root is not None and self.op.factored is not None:  # EK-FAC's factors on disk too
+            self.op.factored.memo = stores.KroneckerMemo(root, self.fingerprint, self.bridge)
 
     def _compute_fingerprint(self) -> str:
         b = self.bridge
@@ -571,6 +574,7 @@ class InfluenceEngine:
                 root, self.fingerprint, self.bridge, self.X_train, self.y_train,
                 progress=lambda it: self._progress(it, self.X_train, "gradient store"))
             self._kept.root = root
+            self._build_operator()
         return self
 
     def _kept_gradients(self, build: bool) -> LinearFactors | DenseGradients | None:

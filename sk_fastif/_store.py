@@ -35,12 +35,12 @@ from torch.func import vmap
 from . import _gradients as grads
 from . import _inputs as rows_of
 from . import _validation as val
-from ._curvature import LayerRecorder, LinearBlock, linear_blocks
+from ._curvature import KroneckerFactors, LayerRecorder, LinearBlock, linear_blocks
 from ._net import VMAP_ERRORS
 from .exceptions import StoreError
 
-__all__ = ["DenseGradients", "LinearFactor", "LinearFactors", "STORE_FORMAT", "keep_gradients",
-           "open_store", "store_root", "write_store"]
+__all__ = ["DenseGradients", "KroneckerMemo", "LinearFactor", "LinearFactors", "STORE_FORMAT",
+           "keep_gradients", "open_store", "store_root", "write_store"]
 
 # A product with the kept gradients forms at most this many intermediate entries at a time.
 _MAX_ENTRIES = 1 << 22
@@ -614,3 +614,63 @@ def _write_pass(directory: Path, bridge, widths: dict[str, int], n: int,
         sink.close(flush=False)
         raise
     sink.close()
+
+
+_KRONECKER_FIELDS = ("A_eigenvalues", "A_eigenvectors", "S_eigenvalues", "S_eigenvectors",
+                     "eigenvalues")
+
+
+class KroneckerMemo:
+    """EK-FAC's factors of one store's curvature, kept beside its gradients.
+
+    ``kfac-<key>.npz`` in the store's directory (``key``: ``exact``, or the probe count and
+    seed), written to a temporary file and renamed into place; read with
+    ``allow_pickle=False``. The factors depend only on the net, the data and the curvature,
+    which the store's fingerprint covers, so every solver and fit on that store reuses them.
+
+    Parameters
+    ----------
+    root : Path
+        The ``memory`` directory.
+    fingerprint : str
+        The store's fingerprint.
+    bridge : NetBridge
+        The net's loss (for the layers the factors belong to).
+    """
+
+    def __init__(self, root: Path, fingerprint: str, bridge) -> None:
+        self.path = Path(root) / STORE_DIR / fingerprint
+        self.bridge = bridge
+
+    def _file(self, key: str) -> Path:
+        return self.path / f"kfac-{key}.npz"
+
+    def load(self, key: str) -> list[KroneckerFactors] | None:
+        """The kept factors of ``key``, or None when there are none."""
+        file = self._file(key)
+        if not file.is_file():
+            return None
+        blocks = linear_blocks(self.bridge)
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                arrays = {k: torch.from_numpy(data[k].copy()) for k in data.files}
+            return [KroneckerFactors(b, *(arrays[f"{i}.{name}"] for name in _KRONECKER_FIELDS))
+                    for i, b in enumerate(blocks)]
+        except (OSError, ValueError, KeyError) as exc:
+            raise _store_error(self.path, f"has an unreadable {file.name} ({exc})") from exc
+
+    def save(self, key: str, factors: list[KroneckerFactors]) -> None:
+        """Keep ``factors`` under ``key`` (atomically; an ``OSError`` names ``memory``)."""
+        arrays = {f"{i}.{name}": getattr(f, name).cpu().numpy()
+                  for i, f in enumerate(factors) for name in _KRONECKER_FIELDS}
+        tmp = self._file(key).with_suffix(f".{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._file(key))
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"memory: could not write {self._file(key)}: "
+                                     f"{exc.strerror or exc}") from exc

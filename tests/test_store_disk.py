@@ -305,3 +305,32 @@ def test_memory_is_validated_and_none_keeps_nothing_on_disk(tmp_path):
     expl = _explainer(net, joblib.Memory(None, verbose=0))  # joblib's no-cache Memory
     assert expl.engine_._kept.root is None
     assert InfluenceExplainer(net).get_params()["memory"] is None
+
+
+def test_ekfac_factors_are_kept_with_the_store(tmp_path, monkeypatch):
+    from sk_fastif._curvature import _kfac_factors
+    from sk_fastif.solvers import EKFAC
+
+    net = _net(MLP())
+    X, y = _data()
+
+    def fit(memory, **kw):
+        return InfluenceExplainer(net, solver=EKFAC(damping=DAMPING, **kw),
+                                  memory=memory).fit(X.numpy(), y.numpy())
+
+    ref = fit(None).influences(*_queries())
+    first = fit(tmp_path)
+    files = sorted(p.name for p in (tmp_path / stores.STORE_DIR /
+                                    first.engine_.fingerprint).glob("kfac-*"))
+    assert files == ["kfac-exact.npz"]
+    original = _kfac_factors.compute_factors
+    calls = []
+    monkeypatch.setattr(_kfac_factors, "compute_factors",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    second = fit(tmp_path)  # reads the factors: no pass
+    assert calls == []
+    np.testing.assert_array_equal(second.influences(*_queries()), ref)
+    for a, b in zip(first.solver_.factors_, second.solver_.factors_):
+        torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=0, atol=0)
+    fit(tmp_path, mc_samples=2, random_state=0)  # other probes: factors of their own
+    assert calls == [1]

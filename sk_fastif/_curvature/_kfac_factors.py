@@ -421,6 +421,9 @@ class FactoredCurvature:
         Number of selected parameters (the length of the vectors the factors act on).
     n_samples : int
         Number of training points the factors average over.
+    memo : object or None
+        Where computed factors are kept for later fits (the gradient store's
+        ``load(key)`` / ``save(key, factors)``), or None.
 
     Examples
     --------
@@ -442,6 +445,7 @@ class FactoredCurvature:
         self._bridge = bridge
         self._X = X
         self._y = y
+        self.memo = None
 
     def __repr__(self) -> str:
         return f"FactoredCurvature(n_params={self.n_params}, n_samples={self.n_samples})"
@@ -482,4 +486,11 @@ class FactoredCurvature:
             When a selected parameter is not the weight or bias of a ``torch.nn.Linear``
             layer, or a layer is applied more than once per forward pass.
         """
-        return compute_factors(self._bridge, self._batches, mc_samples, seed)
+        key = "exact" if mc_samples is None else f"mc{int(mc_samples)}-seed{seed}"
+        kept = None if self.memo is None else self.memo.load(key)
+        if kept is not None:
+            return kept
+        factors = compute_factors(self._bridge, self._batches, mc_samples, seed)
+        if self.memo is not None:
+            self.memo.save(key, factors)
+        return factors

@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from sklearn.datasets import load_breast_cancer
 from skorch import NeuralNetClassifier
 
@@ -69,7 +70,7 @@ sys.path.insert(0, str(HERE.parent))  # benchmark this checkout, not an installe
 
 from sk_fastif import InfluenceExplainer  # noqa: E402
 from sk_fastif.datasets import load_digits_split, make_classification_split  # noqa: E402
-from sk_fastif.metrics import make_influence_scorer  # noqa: E402
+from sk_fastif.metrics import linear_datamodeling_score, make_influence_scorer  # noqa: E402
 from sk_fastif.solvers import Exact  # noqa: E402
 from sk_fastif.toy import train_mlp_classifier  # noqa: E402
 
@@ -181,6 +182,48 @@ def run_problem(name, make, held_out):
     }
 
 
+CONFIDENT = 1e-4  # --diagnose: test points the net fits with a loss below this
+
+
+def diagnose(name):
+    """Per-test-point LDS of a few dampings, split by the full net's test loss.
+
+    Prints, for the test points whose loss is below ``CONFIDENT`` and for the others, the mean
+    Spearman correlation of ``damping="auto"`` and of fixed dampings (on one set of
+    ``N_SUBSETS`` retrained nets), and how many distinct values the retrained nets' test
+    losses take (float32 rounds a loss near zero to a few values, or to zero).
+    """
+    make, _ = PROBLEMS[name]
+    net, X_train, X_test, y_train, y_test = make()
+    fit = net.predict_proba(X_train)[np.arange(len(y_train)), y_train].astype(np.float64)
+    print(f"{name}: training accuracy {np.mean(net.predict(X_train) == y_train):.3f}, median "
+          f"training loss {np.median(-np.log(np.maximum(fit, 1e-300))):.2g}")
+    proba = net.predict_proba(X_test)[np.arange(len(y_test)), y_test]
+    loss = -np.log(np.maximum(proba.astype(np.float64), 1e-300))
+    auto = InfluenceExplainer(net, solver=Exact(damping="auto")).fit(X_train, y_train)
+    res = linear_datamodeling_score(auto, X_train, y_train, X_test, y_test,
+                                    n_subsets=N_SUBSETS, fraction=FRACTION, random_state=SEED)
+    left_out = np.ones((N_SUBSETS, len(y_train)), dtype=bool)
+    for s, keep in enumerate(res.subsets):
+        left_out[s, keep] = False
+    distinct = np.array([len(np.unique(a)) for a in res.actual.T])
+    confident = loss < CONFIDENT
+    print(f"{name}: {confident.sum()} of {len(y_test)} test losses below {CONFIDENT:g}; "
+          f"distinct retrained losses per test point (of {N_SUBSETS}), median: "
+          f"{np.median(distinct[confident]):.0f} there, {np.median(distinct[~confident]):.0f} "
+          "elsewhere")
+    for damping in ["auto", 1e-3, 1e-2, 1e-1, 1.0]:
+        explainer = auto if damping == "auto" else InfluenceExplainer(
+            net, solver=Exact(damping=damping)).fit(X_train, y_train)
+        predicted = left_out.astype(np.float64) @ explainer.influences(X_test, y_test).T
+        per_test = np.array([
+            spearmanr(p, a)[0] if np.ptp(p) > 0 and np.ptp(a) > 0 else np.nan
+            for p, a in zip(predicted.T, res.actual.T)])
+        print(f"  damping {damping}: LDS {np.nanmean(per_test):.3f}; loss < {CONFIDENT:g}: "
+              f"{np.nanmean(per_test[confident]):.3f}, loss >= {CONFIDENT:g}: "
+              f"{np.nanmean(per_test[~confident]):.3f}")
+
+
 def rst_table(header, rows):
     cells = [header] + rows
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -226,8 +269,15 @@ def main(argv=None):
     parser.add_argument("--out", default=str(HERE / "results" / "lds_damping.rst"))
     parser.add_argument("--problems", nargs="*", default=list(PROBLEMS),
                         help="names of the problems to run (default: all)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="only print the per-test-point LDS of the problems, split by "
+                             "the test loss (writes nothing)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.diagnose:
+        for name in args.problems:
+            diagnose(name)
+        return
     results = []
     for name in args.problems:
         make, held_out = PROBLEMS[name]

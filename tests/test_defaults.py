@@ -109,6 +109,22 @@ def test_every_solver_chooses_the_same_auto_damping_and_uses_it():
                                atol=0.011 * np.abs(truth).max())
 
 
+def test_the_condition_cap_bounds_lissas_automatic_depth():
+    # one curved direction (eigenvalue 5) among 3,000, 10,000 rows: the mean eigenvalue is
+    # 5 / 3000 < 5 / 1000, so the cap sets the damping at 0.005, and every minibatch sees the
+    # same spectrum, so LiSSA's scale is 1.5 * (5 + 0.005)
+    H = np.zeros((3000, 3000))
+    H[0, 0] = 5.0
+    solver = LiSSA(damping="auto", depth="auto", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no LiSSADepthWarning: the depth is under 20,000
+        solver.prepare(matrix_op(H, n_samples=10_000))
+    assert solver.damping_ == pytest.approx(0.005, rel=1e-9)
+    assert solver.scale_ == pytest.approx(1.5 * 5.005, rel=1e-9)
+    # the smallest t with (1 - 0.005 / 7.5075)^t <= 0.01: log(0.01) / log(1 - 1 / 1501.5)
+    assert solver.depth_ == 6913
+
+
 def test_auto_damping_needs_prepare_and_is_refreshed_by_it():
     solver = CG(damping="auto")
     with pytest.raises(AttributeError, match="before prepare"):

@@ -69,7 +69,8 @@ print(f"nets trained: {scorer.n_retrainings_} for {len(dampings)} candidates")
 # %%
 # The default damping, on the same nets
 # -------------------------------------
-# ``damping="auto"`` is a hundredth of the curvature's largest eigenvalue (see
+# ``damping="auto"`` is the mean eigenvalue of the curvature over the at most ``min(n, P)``
+# directions its ``n`` training rows can span, never below a thousandth of the largest (see
 # :func:`~sk_fastif.solvers.auto_damping`); the fitted solver keeps the value in
 # ``auto_damping_``. The scorer recognises the net, its training data and the subsets, and reuses
 # the nets it already trained: scoring the default costs one influence computation, no training.

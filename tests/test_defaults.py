@@ -29,10 +29,10 @@ from sk_fastif.solvers import (
 from sk_fastif.toy import TanhMLP
 
 
-def matrix_op(H: np.ndarray) -> CurvatureOperator:
+def matrix_op(H: np.ndarray, n_samples: int = 1) -> CurvatureOperator:
     Ht = torch.as_tensor(H, dtype=torch.float64)
     return CurvatureOperator(matvec=lambda V: V @ Ht, batch_matvec=lambda V, idx: V @ Ht,
-                             n_params=len(H), n_samples=1, dtype=torch.float64)
+                             n_params=len(H), n_samples=n_samples, dtype=torch.float64)
 
 
 def spd(p=30, seed=0, low=0.0):
@@ -42,20 +42,53 @@ def spd(p=30, seed=0, low=0.0):
 
 
 # ------------------------------------------------------------------------ damping="auto"
-def test_auto_damping_is_a_hundredth_of_the_largest_eigenvalue():
-    H = np.diag(np.r_[4.0, np.linspace(0.0, 2.0, 24)])  # a gap: 30 power steps converge
-    damping, top = auto_damping(matrix_op(H))
-    assert top == pytest.approx(4.0, rel=1e-6)
-    assert damping == pytest.approx(0.04, rel=1e-6)
-    # without a gap the estimate is a lower bound that is still close after 30 steps
+def test_auto_damping_is_the_mean_eigenvalue_over_min_n_p():
+    H = np.diag(np.r_[4.0, np.linspace(0.0, 2.0, 24)])  # trace 28; a gap: power steps converge
+    # a diagonal H: every Rademacher probe gives the trace exactly
+    for n, divisor in ((1, 1), (10, 10), (25, 25), (1000, 25)):
+        damping, top = auto_damping(matrix_op(H, n_samples=n))
+        assert top == pytest.approx(4.0, rel=1e-6)
+        assert damping == pytest.approx(28.0 / divisor, rel=1e-9)
+    # without a gap the top estimate is a lower bound that is still close after 30 steps
     damping, top = auto_damping(matrix_op(np.diag(np.linspace(0.0, 4.0, 25))))
     assert 0.98 * 4.0 <= top <= 4.0
+    # a dense H: the trace is estimated from 30 probes (relative error about 3% here)
     H = spd(p=40)
-    damping, _ = auto_damping(matrix_op(H))
-    assert damping == pytest.approx(0.01 * np.linalg.eigvalsh(H)[-1], rel=0.02)
-    # the largest magnitude, for an indefinite Hessian too
+    damping, _ = auto_damping(matrix_op(H, n_samples=1000))
+    assert damping == pytest.approx(np.trace(H) / 40, rel=0.1)
+    assert damping != pytest.approx(np.trace(H) / 40, rel=1e-6)  # an estimate, not the trace
+
+
+def test_auto_damping_caps_the_condition_number_and_handles_indefinite_curvature():
+    # one curved direction among 3,000, 10,000 rows: the mean eigenvalue 5 / 3000 is below
+    # top / 1000, which then sets the damping
+    H = np.zeros((3000, 3000))
+    H[0, 0] = 5.0
+    damping, top = auto_damping(matrix_op(H, n_samples=10_000))
+    assert top == pytest.approx(5.0, rel=1e-9)
+    assert damping == pytest.approx(5.0 / 1000, rel=1e-9)
+    assert 5.0 / 3000 < damping
+    # the largest magnitude, for an indefinite Hessian too; a negative trace gives the cap
     damping, top = auto_damping(matrix_op(np.diag([1.0, -5.0, 0.5])))
     assert top == pytest.approx(5.0, rel=1e-3)
+    assert damping == pytest.approx(top / 1000, rel=1e-12)
+    # no curvature at all: the floor
+    assert auto_damping(matrix_op(np.zeros((4, 4))))[0] == 1e-8
+
+
+def test_auto_damping_spends_the_products_prepare_reports():
+    H = spd(p=12)
+    calls = []
+    Ht = torch.as_tensor(H)
+
+    def matvec(V):
+        calls.append(len(V))
+        return V @ Ht
+
+    op = CurvatureOperator(matvec=matvec, batch_matvec=lambda V, idx: V @ Ht, n_params=12,
+                           n_samples=100, dtype=torch.float64)
+    solver = CG(damping="auto").prepare(op)
+    assert solver.n_hvp_prepare_ == sum(calls) == 60  # 30 power steps, a block of 30 probes
 
 
 def test_every_solver_chooses_the_same_auto_damping_and_uses_it():
@@ -76,14 +109,30 @@ def test_every_solver_chooses_the_same_auto_damping_and_uses_it():
                                atol=0.011 * np.abs(truth).max())
 
 
+def test_the_condition_cap_bounds_lissas_automatic_depth():
+    # one curved direction (eigenvalue 5) among 3,000, 10,000 rows: the mean eigenvalue is
+    # 5 / 3000 < 5 / 1000, so the cap sets the damping at 0.005, and every minibatch sees the
+    # same spectrum, so LiSSA's scale is 1.5 * (5 + 0.005)
+    H = np.zeros((3000, 3000))
+    H[0, 0] = 5.0
+    solver = LiSSA(damping="auto", depth="auto", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no LiSSADepthWarning: the depth is under 20,000
+        solver.prepare(matrix_op(H, n_samples=10_000))
+    assert solver.damping_ == pytest.approx(0.005, rel=1e-9)
+    assert solver.scale_ == pytest.approx(1.5 * 5.005, rel=1e-9)
+    # the smallest t with (1 - 0.005 / 7.5075)^t <= 0.01: log(0.01) / log(1 - 1 / 1501.5)
+    assert solver.depth_ == 6913
+
+
 def test_auto_damping_needs_prepare_and_is_refreshed_by_it():
     solver = CG(damping="auto")
     with pytest.raises(AttributeError, match="before prepare"):
         _ = solver.damping_
-    solver.prepare(matrix_op(np.diag([1.0, 3.0])))
-    assert solver.damping_ == pytest.approx(0.03, rel=1e-3)
-    solver.prepare(matrix_op(np.diag([10.0, 30.0])))
-    assert solver.damping_ == pytest.approx(0.3, rel=1e-3)
+    solver.prepare(matrix_op(np.diag([1.0, 3.0]), n_samples=2))
+    assert solver.damping_ == pytest.approx(2.0, rel=1e-9)  # tr(H) / min(n, P)
+    solver.prepare(matrix_op(np.diag([10.0, 30.0]), n_samples=2))
+    assert solver.damping_ == pytest.approx(20.0, rel=1e-9)
     solver.set_params(damping=0.5)  # numeric again: used as given, no new preparation needed
     assert solver.damping_ == 0.5
 
@@ -196,9 +245,13 @@ def test_the_default_explainer_is_block_cg_gauss_newton_with_auto_damping(digits
     assert expl.solver_.block and expl.curvature == "gauss_newton"
     assert any('solver="auto"' in r.getMessage() for r in caplog.records)
     lam = expl.solver_.damping_
-    # λ is a hundredth of the largest eigenvalue of the curvature (as Exact finds it)
+    # λ is the trace of the curvature (as Exact finds it) over min(n, P) = 200 rows, estimated
+    # from 30 probes (8% low here)
     exact = InfluenceExplainer(digits_mlp, solver=Exact(damping="auto")).fit(Xtr, ytr)
-    assert lam == pytest.approx(0.01 * exact.solver_.eigenvalues_.max(), rel=0.02)
+    assert exact.solver_.damping_ == lam
+    w = exact.solver_.eigenvalues_
+    assert lam == pytest.approx(w.sum() / 200, rel=0.15)
+    assert lam > w.max() / 1000  # the cap on the condition number is not what sets it
     truth = _explicit_gauss_newton_scores(digits_mlp, Xtr, ytr, Xte, yte, lam)
     # the agreement the default promises, per row: Pearson and Spearman of at least 0.99, for
     # every block of queries after the first as well (they start from the kept directions)

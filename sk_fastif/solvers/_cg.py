@@ -75,7 +75,7 @@ class CG(BaseSolver):
     Attributes
     ----------
     n_hvp_prepare_ : int
-        Curvature-vector products spent by :meth:`prepare` (0, or 30 with ``damping="auto"``).
+        Curvature-vector products spent by :meth:`prepare` (0, or 60 with ``damping="auto"``).
     n_recycled_ : int
         Search directions kept for later solves (0 until a solve with ``recycle > 0``).
     preconditioner_factors_ : list of KroneckerFactors

@@ -68,8 +68,8 @@ class EKFAC(BaseSolver):
     ----------
     damping : float or "auto", default=1e-3
         The ``lambda >= 0`` of ``(H + lambda I)^{-1}``, the same meaning for every solver:
-        ``"auto"`` is 1% of the largest eigenvalue of the operator's curvature
-        (:func:`~sk_fastif.solvers.auto_damping`, 30 curvature products in :meth:`prepare`).
+        ``"auto"`` is the rule of :func:`~sk_fastif.solvers.auto_damping` on the operator's
+        curvature (60 curvature products in :meth:`prepare`).
     mc_samples : int or None, default=None
         How the output-space Hessian ``∂²l_i/∂f²`` of each point enters. None: exactly, through
         its eigendecomposition (one backward pass per output of the net, e.g. 10 for a
@@ -92,7 +92,7 @@ class EKFAC(BaseSolver):
         Per layer: the eigenvalues and eigenvectors of ``A`` and ``S`` and the corrected
         eigenvalues (float64, on the CPU, whatever the net's device).
     n_hvp_prepare_ : int
-        Curvature-vector products spent by :meth:`prepare` (30 with ``damping="auto"``, else 0).
+        Curvature-vector products spent by :meth:`prepare` (60 with ``damping="auto"``, else 0).
 
     Raises
     ------

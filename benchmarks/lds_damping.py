@@ -81,15 +81,21 @@ DAMPINGS = [float(d) for d in np.logspace(-4, 0, 17)]
 WITHIN = 0.05  # the target: LDS at most this much below the best fixed damping
 
 
-def logreg_digits():
-    X_train, X_test, y_train, y_test = load_digits_split(split="permutation", n_train=1000,
-                                                         n_test=200, random_state=SEED)
+def _logreg(X_train, X_test, y_train, y_test, *, n_classes):
+    """A multinomial logistic regression (weight decay 1e-3, Adam) and its data."""
     torch.manual_seed(SEED)
-    net = NeuralNetClassifier(torch.nn.Linear, module__in_features=64, module__out_features=10,
+    net = NeuralNetClassifier(torch.nn.Linear, module__in_features=X_train.shape[1],
+                              module__out_features=n_classes,
                               criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
                               optimizer__weight_decay=1e-3, lr=0.01, max_epochs=100,
                               batch_size=64, train_split=None, verbose=0)
     return net.fit(X_train, y_train), X_train, X_test, y_train, y_test
+
+
+def logreg_digits():
+    X_train, X_test, y_train, y_test = load_digits_split(split="permutation", n_train=1000,
+                                                         n_test=200, random_state=SEED)
+    return _logreg(X_train, X_test, y_train, y_test, n_classes=10)
 
 
 def mlp_digits():
@@ -121,12 +127,7 @@ def logreg_classification():
     X_train, X_test, y_train, y_test = make_classification_split(
         1800, 200, n_features=20, n_informative=10, n_redundant=0, n_classes=3,
         standardize=True, random_state=1)
-    torch.manual_seed(SEED)
-    net = NeuralNetClassifier(torch.nn.Linear, module__in_features=20, module__out_features=3,
-                              criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
-                              optimizer__weight_decay=1e-3, lr=0.01, max_epochs=100,
-                              batch_size=64, train_split=None, verbose=0)
-    return net.fit(X_train, y_train), X_train, X_test, y_train, y_test
+    return _logreg(X_train, X_test, y_train, y_test, n_classes=3)
 
 
 # name: (problem, held out: not used to design the rule of damping="auto")
